@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
-APT_PACKAGES := mosquitto mosquitto-clients influxdb chromium
+APT_PACKAGES := mosquitto mosquitto-clients influxdb chromium postgresql
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: up test lint bench deps system-deps python-deps format lock schemas dashboards clean
@@ -30,7 +30,8 @@ format: python-deps
 
 deps: system-deps python-deps
 
-# Debian packages: the real broker, the real InfluxDB, Chromium for the UI test.
+# Debian packages: the real broker, the real InfluxDB, PostgreSQL (the compose state
+# store, proven in tests), Chromium for the UI test.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -38,6 +39,7 @@ system-deps:
 	command -v mosquitto_pub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
 	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		if [ "$$(id -u)" -ne 0 ]; then echo "run as root (or install:$$missing)"; exit 1; fi; \

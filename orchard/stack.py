@@ -260,3 +260,90 @@ bind-address = "127.0.0.1:{rpc_port}"
         self.stop()
         self.proc = ManagedProcess(self.proc.name, self.proc.argv, self.proc.log_path)
         self.start()
+
+
+def _postgres_bin(name: str) -> str:
+    for version_dir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        candidate = version_dir / name
+        if candidate.exists():
+            return str(candidate)
+    return require_binary(name, "postgresql")
+
+
+class Postgres:
+    """A real PostgreSQL for the state store, in a throw-away cluster on a loopback port.
+
+    PostgreSQL refuses to run as root, so when we are root the cluster belongs to the
+    ``postgres`` system user (created by the Debian package).
+    """
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.url = f"postgresql+psycopg://orchard@127.0.0.1:{port}/orchard"
+        self._run_as: list[str] = []
+        if os.getuid() == 0:
+            self._run_as = ["runuser", "-u", "postgres", "--"]
+        self.proc = ManagedProcess(
+            "postgres",
+            [
+                *self._run_as,
+                _postgres_bin("postgres"),
+                "-D",
+                str(data_dir / "cluster"),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={data_dir}",
+                "-c",
+                "fsync=off",
+            ],
+            data_dir / "postgres.log",
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._run_as:
+            shutil.chown(self.data_dir, "postgres", "postgres")
+        subprocess.run(
+            [
+                *self._run_as,
+                _postgres_bin("initdb"),
+                "-D",
+                str(self.data_dir / "cluster"),
+                "-U",
+                "orchard",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.proc.start()
+        _wait("postgres", self.proc, lambda: _port_open(self.port), timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            created = subprocess.run(
+                [
+                    _postgres_bin("createdb"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "orchard",
+                    "orchard",
+                ],
+                capture_output=True,
+            )
+            if created.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"createdb failed: {created.stderr.decode()}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.stop()

@@ -21,7 +21,7 @@ import pytest
 from orchard.broker import SERVICE_USERS, device_password
 from orchard.influx import SyncInfluxClient, quote_ident
 from orchard.settings import InfluxSettings, MqttSettings
-from orchard.stack import Influxd, Mosquitto, free_port
+from orchard.stack import Influxd, Mosquitto, Postgres, free_port
 
 TEST_DEVICE_SECRET = "test-device-secret"
 
@@ -119,4 +119,17 @@ def private_broker(stack: LiveStack) -> Iterator[Callable[[], LiveStack]]:
     yield make
     for broker, root in made:
         broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL (the compose state store), for tests that prove portability."""
+    root = Path(tempfile.mkdtemp(prefix="orchard-pg-"))
+    server = Postgres(root, free_port())
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.stop()
         shutil.rmtree(root, ignore_errors=True)
