@@ -192,9 +192,13 @@ class WebhookDispatcher:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        url_secrets: dict[str, SecretStr] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
+        # Receivers with their own shared secret (the shop's listing webhook): one outbox,
+        # one dispatcher, each message signed with the key of the URL it goes to.
+        self.url_secrets = dict(url_secrets or {})
         self._rng = rng or random.Random()
         self._http = httpx.AsyncClient(timeout=settings.timeout_s, transport=transport)
         self._wake = asyncio.Event()
@@ -262,8 +266,9 @@ class WebhookDispatcher:
             DELIVERY_HEADER: str(delivery.id),
             "User-Agent": "orchard-control",
         }
-        if self.settings.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(body, self.settings.secret.get_secret_value())
+        secret = self.url_secrets.get(delivery.url, self.settings.secret)
+        if secret is not None:
+            headers[SIGNATURE_HEADER] = sign(body, secret.get_secret_value())
         started = time.perf_counter()
         status: int | None = None
         error: str | None = None
