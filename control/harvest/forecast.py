@@ -1,0 +1,209 @@
+"""Ready-date forecast from the maturity trend and the GDD rate.
+
+The maturity trend is a Theil-Sen fit (median of pairwise slopes) over the recent daily
+values of the block's readiness quantile, so one wild reading or one bad day cannot drag
+the line. The band comes from the rank-based confidence interval of the Theil-Sen slope
+(Sen 1968), the same construction as ``scipy.stats.theilslopes``. The GDD part divides
+the degree-days still missing by the recent daily rate. The block is ready only when
+both hold, so the forecast is the later of the two.
+
+When the evidence cannot support a date (too few nodes, too little history, an index
+that does not rise, or one too noisy for its trend) the forecast carries a reason and
+no date: a grower plans pickers on this, an invented date costs money.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+Z_90 = 1.6448536269514722  # two-sided 90 % normal quantile
+
+
+@dataclass(frozen=True, slots=True)
+class TrendFit:
+    slope: float  # index units per day
+    slope_low: float
+    slope_high: float
+    level: float  # fitted index at the last day
+    residual_mad: float
+    points: int
+
+
+def theil_sen(x: FloatArray, y: FloatArray, z: float = Z_90) -> TrendFit:
+    """Theil-Sen slope with its rank-based confidence interval; x in days."""
+    mask = np.isfinite(x) & np.isfinite(y)
+    x, y = x[mask], y[mask]
+    n = int(x.size)
+    if n < 2:
+        raise ValueError("a trend needs at least two points")
+    i, j = np.triu_indices(n, k=1)
+    dx = x[j] - x[i]
+    ok = dx != 0
+    slopes = np.sort((y[j] - y[i])[ok] / dx[ok])
+    if slopes.size == 0:
+        raise ValueError("a trend needs points on at least two different days")
+    slope = float(np.median(slopes))
+    intercept = float(np.median(y - slope * x))
+    # Variance of Kendall's S without tie correction (Sen 1968, eq. 2.6).
+    sigma = math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
+    m = slopes.size
+    low_rank = int(np.clip(round((m - z * sigma) / 2.0) - 1, 0, m - 1))
+    high_rank = int(np.clip(round((m + z * sigma) / 2.0), 0, m - 1))
+    residuals = y - (intercept + slope * x)
+    mad = float(np.median(np.abs(residuals - np.median(residuals))))
+    level = intercept + slope * float(x.max())
+    return TrendFit(
+        slope=slope,
+        slope_low=float(slopes[low_rank]),
+        slope_high=float(slopes[high_rank]),
+        level=level,
+        residual_mad=mad,
+        points=n,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """Days from ``as_of`` to readiness, with a band; or a reason why there is no date."""
+
+    as_of: date
+    days: float | None = None
+    low_days: float | None = None
+    high_days: float | None = None
+    reason: str | None = None
+    detail: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.days is not None
+
+    @property
+    def date(self) -> date | None:
+        if self.days is None:
+            return None
+        return self.as_of + timedelta(days=math.ceil(self.days))
+
+    @property
+    def earliest(self) -> date | None:
+        return None if self.low_days is None else self.as_of + timedelta(math.ceil(self.low_days))
+
+    @property
+    def latest(self) -> date | None:
+        return None if self.high_days is None else self.as_of + timedelta(math.ceil(self.high_days))
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastInputs:
+    as_of: date
+    day_offsets: FloatArray  # days relative to as_of (<= 0), one per daily value
+    maturity_level: FloatArray  # the block's readiness quantile per day (nan: no data)
+    threshold: float
+    healthy_nodes: int
+    gdd_cum: float
+    gdd_target: float
+    daily_gdd: FloatArray  # recent daily GDD, oldest first (nan: no data)
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastRules:
+    min_nodes: int = 3
+    min_history_days: int = 7
+    trend_window_days: int = 21
+    gdd_rate_days: int = 14
+    max_forecast_days: float = 120.0
+    # The fit's scatter must stay small next to the distance still to climb, otherwise
+    # the trend says nothing about when the threshold is crossed.
+    max_noise_ratio: float = 0.5
+    # A band wider than this (days, or the forecast itself if longer) is not a date.
+    max_band_days: float = 14.0
+
+
+def forecast_ready(inp: ForecastInputs, rules: ForecastRules = ForecastRules()) -> Forecast:
+    if inp.healthy_nodes < rules.min_nodes:
+        return Forecast(
+            inp.as_of,
+            reason=f"too few healthy nodes ({inp.healthy_nodes} < {rules.min_nodes})",
+        )
+    window = inp.day_offsets >= -(rules.trend_window_days - 1)
+    x = inp.day_offsets[window]
+    y = inp.maturity_level[window]
+    have = np.isfinite(y)
+    if int(have.sum()) < rules.min_history_days:
+        return Forecast(
+            inp.as_of,
+            reason=f"too little maturity history ({int(have.sum())} days with data, "
+            f"{rules.min_history_days} needed)",
+        )
+    fit = theil_sen(x[have], y[have])
+    detail = {
+        "slope_per_day": round(fit.slope, 4),
+        "slope_low": round(fit.slope_low, 4),
+        "slope_high": round(fit.slope_high, 4),
+        "level": round(fit.level, 3),
+        "residual_mad": round(fit.residual_mad, 4),
+        "trend_days": float(fit.points),
+    }
+    remaining = inp.threshold - fit.level
+    if remaining <= 0:
+        m_days, m_low, m_high = 0.0, 0.0, 0.0
+    else:
+        if fit.slope <= 0 or fit.slope_low <= 0:
+            return Forecast(
+                inp.as_of, reason="maturity index is not rising clearly yet", detail=detail
+            )
+        if 1.4826 * fit.residual_mad > rules.max_noise_ratio * remaining:
+            return Forecast(
+                inp.as_of,
+                reason="maturity index too noisy for its trend "
+                f"(scatter {1.4826 * fit.residual_mad:.2f} against {remaining:.2f} to go)",
+                detail=detail,
+            )
+        m_days = remaining / fit.slope
+        m_low = remaining / fit.slope_high
+        m_high = remaining / fit.slope_low
+
+    g_days, g_low, g_high = 0.0, 0.0, 0.0
+    gdd_missing = inp.gdd_target - inp.gdd_cum
+    if gdd_missing > 0:
+        recent = inp.daily_gdd[-rules.gdd_rate_days :]
+        recent = recent[np.isfinite(recent)]
+        if recent.size < min(rules.min_history_days, rules.gdd_rate_days):
+            return Forecast(inp.as_of, reason="too little temperature history", detail=detail)
+        rate = float(recent.mean())
+        if rate <= 0.05:
+            return Forecast(
+                inp.as_of, reason="degree-days are not accumulating (too cold)", detail=detail
+            )
+        # Weather, not sensors, makes the rate uncertain: a band of one standard error
+        # of the mean each way over the days ahead, at least 10 %.
+        spread = max(0.1, float(recent.std(ddof=1) / math.sqrt(recent.size)) / rate)
+        g_days = gdd_missing / rate
+        g_low = gdd_missing / (rate * (1 + spread))
+        g_high = gdd_missing / (rate * max(1 - spread, 0.2))
+        detail["gdd_rate_per_day"] = round(rate, 2)
+
+    days = max(m_days, g_days)
+    if days > rules.max_forecast_days:
+        return Forecast(
+            inp.as_of,
+            reason=f"ready date more than {rules.max_forecast_days:.0f} days away",
+            detail=detail,
+        )
+    detail["maturity_days"] = round(m_days, 1)
+    detail["gdd_days"] = round(g_days, 1)
+    low, high = max(m_low, g_low), max(m_high, g_high)
+    if high - low > max(rules.max_band_days, days):
+        return Forecast(
+            inp.as_of,
+            reason=f"maturity trend too uncertain (somewhere between {low:.0f} and "
+            f"{high:.0f} days)",
+            detail=detail,
+        )
+    return Forecast(inp.as_of, days=days, low_days=low, high_days=high, detail=detail)
