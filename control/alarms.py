@@ -547,6 +547,13 @@ def run_length_s(
     return np.asarray(np.where(condition, t[idx] - t[start], 0.0), dtype=np.float64)
 
 
+def sustained(
+    condition: npt.NDArray[np.bool_], times_s: npt.NDArray[np.float64], duration_s: float
+) -> npt.NDArray[np.bool_]:
+    """True where the condition holds and has held for at least ``duration_s``."""
+    return np.asarray(condition & (run_length_s(condition, times_s) >= duration_s))
+
+
 @dataclass(frozen=True, slots=True)
 class RuleOutcome:
     """Per subject: raise/clear/escalate at the evaluated instant, and the triggering value."""
@@ -557,7 +564,7 @@ class RuleOutcome:
     value: npt.NDArray[np.float64]
 
 
-def _compare(
+def threshold_mask(
     values: npt.NDArray[np.float64], threshold: Any, direction: str, raise_side: bool
 ) -> npt.NDArray[np.bool_]:
     with np.errstate(invalid="ignore"):
@@ -588,13 +595,16 @@ def evaluate_rule(
     r_at = rule.raise_at if raise_at is None else raise_at
     c_at = rule.clear_at if clear_at is None else clear_at
     e_at = rule.escalate_at if escalate_at is None else escalate_at
-    raise_run = run_length_s(_compare(values, r_at, rule.direction, True), times_s)[..., -1]
-    clear_run = run_length_s(_compare(values, c_at, rule.direction, False), times_s)[..., -1]
-    raise_now = raise_run >= rule.raise_after_s
-    clear_now = clear_run >= rule.clear_after_s
+    raise_now = sustained(
+        threshold_mask(values, r_at, rule.direction, True), times_s, rule.raise_after_s
+    )[..., -1]
+    clear_now = sustained(
+        threshold_mask(values, c_at, rule.direction, False), times_s, rule.clear_after_s
+    )[..., -1]
     if e_at is not None:
-        esc_run = run_length_s(_compare(values, e_at, rule.direction, True), times_s)[..., -1]
-        escalate_now = esc_run >= rule.raise_after_s
+        escalate_now = sustained(
+            threshold_mask(values, e_at, rule.direction, True), times_s, rule.raise_after_s
+        )[..., -1]
     else:
         escalate_now = np.zeros_like(raise_now)
     # The value reported with the alarm: the worst value over the raise window.
@@ -610,45 +620,97 @@ def evaluate_rule(
     return RuleOutcome(raise_now, clear_now, escalate_now, np.asarray(worst, dtype=np.float64))
 
 
+def rule_transitions(
+    rule: AlarmRule,
+    values: npt.NDArray[np.float64],
+    times: npt.NDArray[np.float64],
+    subjects: Sequence[str],
+    active: dict[tuple[str, str], str],
+    since_s: float,
+    *,
+    raise_at: Any = None,
+    clear_at: Any = None,
+    escalate_at: Any = None,
+) -> list[tuple[int, int, str, str]]:
+    """(subject index, time index, kind, severity) of every raise/escalate/clear after ``since_s``.
+
+    The active state starts from ``active`` (the store) and is updated in place, so the
+    next rule or the next tick sees the result.
+    """
+    r_at = rule.raise_at if raise_at is None else raise_at
+    c_at = rule.clear_at if clear_at is None else clear_at
+    e_at = rule.escalate_at if escalate_at is None else escalate_at
+    raise_ok = sustained(
+        threshold_mask(values, r_at, rule.direction, True), times, rule.raise_after_s
+    )
+    clear_ok = sustained(
+        threshold_mask(values, c_at, rule.direction, False), times, rule.clear_after_s
+    )
+    if e_at is not None:
+        esc_ok = sustained(
+            threshold_mask(values, e_at, rule.direction, True), times, rule.raise_after_s
+        )
+    else:
+        esc_ok = np.zeros_like(raise_ok)
+    late = times > since_s
+    interesting = (raise_ok | clear_ok | esc_ok) & late
+    out: list[tuple[int, int, str, str]] = []
+    subj_idx, time_idx = np.nonzero(interesting)
+    if subj_idx.size == 0:
+        # Nothing happens in the window, but an open alarm whose condition vanished
+        # before the window (e.g. after a restart) still clears through clear_ok above.
+        return out
+    # np.nonzero is row-major: subjects in order, times ascending within each subject.
+    current = -1
+    state: str | None = None
+    for s, i in zip(subj_idx.tolist(), time_idx.tolist(), strict=True):
+        if s != current:
+            current = s
+            state = active.get((rule.type, subjects[s]))
+        key = (rule.type, subjects[s])
+        if state is None:
+            if raise_ok[s, i]:
+                severity = rule.escalate_severity if esc_ok[s, i] else rule.severity
+                state = severity
+                active[key] = severity
+                out.append((s, i, "raise", severity))
+        elif clear_ok[s, i]:
+            out.append((s, i, "clear", state))
+            state = None
+            active.pop(key, None)
+        elif esc_ok[s, i] and state != rule.escalate_severity:
+            state = rule.escalate_severity
+            active[key] = state
+            out.append((s, i, "escalate", state))
+    return out
+
+
 def replay_rule(
     rule: AlarmRule,
     values: npt.NDArray[np.float64],
     times_s: npt.NDArray[np.float64],
+    subjects: Sequence[str],
     *,
-    raise_at: npt.NDArray[np.float64] | float | None = None,
-    clear_at: npt.NDArray[np.float64] | float | None = None,
-    initially_active: npt.NDArray[np.bool_] | None = None,
+    raise_at: Any = None,
+    clear_at: Any = None,
 ) -> list[list[tuple[float, float | None]]]:
     """Alarm episodes over a whole history: per subject, a list of (raised_s, cleared_s|None).
 
-    Same conditions as :func:`evaluate_rule` at every sample instead of only the last,
-    with the active/inactive state carried along, so a live tick and a backtest agree.
+    The same transitions as a live tick (:func:`rule_transitions`), so both agree.
     """
-    r_at = rule.raise_at if raise_at is None else raise_at
-    c_at = rule.clear_at if clear_at is None else clear_at
-    raise_ok = (
-        run_length_s(_compare(values, r_at, rule.direction, True), times_s) >= rule.raise_after_s
-    )
-    clear_ok = (
-        run_length_s(_compare(values, c_at, rule.direction, False), times_s) >= rule.clear_after_s
-    )
-    subjects = values.shape[0]
-    episodes: list[list[tuple[float, float | None]]] = []
-    for s in range(subjects):
-        active = bool(initially_active[s]) if initially_active is not None else False
-        out: list[tuple[float, float | None]] = []
-        raised_t: float | None = times_s[0] if active else None
-        # Only instants where something can change matter: walk them in order.
-        candidates = np.flatnonzero(raise_ok[s] | clear_ok[s])
-        for i in candidates:
-            if not active and raise_ok[s, i]:
-                active, raised_t = True, float(times_s[i])
-            elif active and clear_ok[s, i]:
-                out.append(
-                    (float(raised_t if raised_t is not None else times_s[0]), float(times_s[i]))
-                )
-                active, raised_t = False, None
-        if active:
-            out.append((float(raised_t if raised_t is not None else times_s[0]), None))
-        episodes.append(out)
+    active: dict[tuple[str, str], str] = {}
+    episodes: list[list[tuple[float, float | None]]] = [[] for _ in subjects]
+    opened: dict[int, float] = {}
+    for s, i, kind, _sev in sorted(
+        rule_transitions(
+            rule, values, times_s, subjects, active, -np.inf, raise_at=raise_at, clear_at=clear_at
+        ),
+        key=lambda x: (x[0], x[1]),
+    ):
+        if kind == "raise":
+            opened[s] = float(times_s[i])
+        elif kind == "clear" and s in opened:
+            episodes[s].append((opened.pop(s), float(times_s[i])))
+    for s, t in opened.items():
+        episodes[s].append((t, None))
     return episodes
