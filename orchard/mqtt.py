@@ -53,6 +53,7 @@ def make_client(
     ack_after_handling: bool = False,
     on_connect: Callable[[gmqtt.Client, int, int, Any], None] | None = None,
     on_disconnect: Callable[[gmqtt.Client, Any, Exception | None], None] | None = None,
+    persistent_storage: Any | None = None,
 ) -> gmqtt.Client:
     """A gmqtt client with credentials, optional persistent session and jittered reconnects.
 
@@ -62,6 +63,9 @@ def make_client(
     not on arrival, so a message is acknowledged only once it is safely handled.
     Pass connection callbacks here rather than assigning ``client.on_connect``, which
     would replace the reconnect backoff installed below.
+    ``persistent_storage``: gmqtt's store of unacknowledged outgoing QoS 1 messages; a
+    custom one sees every PUBACK (``remove_message_by_mid``) and every in-flight message
+    gmqtt discards on a reconnect without a session (``clear``), e.g. to resend it.
     """
     properties: dict[str, Any] = {}
     if persistent_session:
@@ -73,6 +77,7 @@ def make_client(
         clean_session=not persistent_session,
         optimistic_acknowledgement=not ack_after_handling,
         will_message=will,
+        persistent_storage=persistent_storage,
         logger=logging.getLogger(f"gmqtt.{client_id}"),
         **properties,
     )
