@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
+import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -39,3 +41,82 @@ def write_password_file(path: Path, accounts: Mapping[str, str]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# --- Provisioning: hashed entries kept outside the broker, reload by SIGHUP ------------
+
+
+def hash_password_entry(user: str, password: str) -> str:
+    """The hashed half of a password-file line (``$7$...``), made by ``mosquitto_passwd``.
+
+    Callers keep this hash (never the password) so the file can be rewritten later.
+    """
+    if ":" in user or not user:
+        raise ValueError(f"invalid broker username {user!r}")
+    with tempfile.TemporaryDirectory(prefix="orchard-passwd-") as tmp:
+        path = Path(tmp) / "passwd"
+        path.write_text(f"{user}:{password}\n")
+        subprocess.run(["mosquitto_passwd", "-U", str(path)], check=True, capture_output=True)
+        line = path.read_text().strip()
+    return line.split(":", 1)[1]
+
+
+def read_password_file(path: Path) -> dict[str, str]:
+    """``user -> hashed password`` of an existing Mosquitto password file (empty if none)."""
+    entries: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return entries
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#") or ":" not in line:
+            continue
+        user, hashed = line.split(":", 1)
+        entries[user] = hashed
+    return entries
+
+
+def write_hashed_password_file(path: Path, entries: Mapping[str, str]) -> None:
+    """Atomically replace a password file with already-hashed entries (no re-hashing)."""
+    for user, hashed in entries.items():
+        if ":" in user or not user or "\n" in hashed:
+            raise ValueError(f"invalid broker entry for {user!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".passwd-")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            for user, hashed in entries.items():
+                fh.write(f"{user}:{hashed}\n")
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def find_mosquitto_pid(conf_path: Path) -> int | None:
+    """The pid of the ``mosquitto`` process started with ``-c conf_path``, if one runs here."""
+    wanted = str(conf_path.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv if a]
+        if not args or not os.path.basename(args[0]).startswith("mosquitto"):
+            continue
+        for flag, value in itertools.pairwise(args):
+            if flag == "-c" and os.path.realpath(value) == wanted:
+                return int(entry.name)
+    return None
+
+
+def reload_broker(pid: int) -> None:
+    """Ask Mosquitto to re-read its password and ACL files (SIGHUP).
+
+    Connected clients stay connected; Mosquitto 2.0 re-checks every live session's
+    credentials on reload and disconnects those whose account is gone or changed.
+    """
+    os.kill(pid, signal.SIGHUP)

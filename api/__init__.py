@@ -1,0 +1,1 @@
+"""The orchard HTTP API and the agronomists' page (FastAPI)."""
