@@ -14,6 +14,7 @@ ingest would have written, e.g. for dashboard tests.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -53,35 +54,71 @@ def telemetry_prefix(farm: str, block: str, node: str) -> str:
 
 
 def reading_line(prefix: str, reading: ReadingLike, ts_ns: int | None = None) -> str:
-    """One telemetry line for a validated reading; time is the device time in ns."""
-    fields = f"seq={reading.seq}i"
-    # float() guards the type: a float field written once as an integer would make
-    # InfluxDB refuse every later float for that field (a field type conflict).
-    if reading.temperature is not None:
-        fields += f",temperature={float(reading.temperature)!r}"
-    if reading.humidity is not None:
-        fields += f",humidity={float(reading.humidity)!r}"
-    if reading.soil_moisture is not None:
-        fields += f",soil_moisture={float(reading.soil_moisture)!r}"
-    if reading.maturity is not None:
-        fields += f",maturity={float(reading.maturity)!r}"
-    if reading.battery is not None:
-        fields += f",battery={float(reading.battery)!r}"
-    if reading.rssi is not None:
-        fields += f",rssi={int(reading.rssi)}i"
-    return f"{prefix}{fields} {to_ns(reading.ts) if ts_ns is None else ts_ns}"
+    """One telemetry line for a validated reading; time is the device time in ns.
+
+    The hot path: values must be plain ``float`` (the models coerce to it) and ``int``;
+    :func:`telemetry_lines` converts anything else first. A float always prints with a
+    decimal point or exponent, so InfluxDB never sees an integer where a float belongs.
+    """
+    t = reading.temperature
+    h = reading.humidity
+    s = reading.soil_moisture
+    m = reading.maturity
+    b = reading.battery
+    r = reading.rssi
+    return (
+        f"{prefix}seq={reading.seq}i"
+        f"{'' if t is None else f',temperature={t!r}'}"
+        f"{'' if h is None else f',humidity={h!r}'}"
+        f"{'' if s is None else f',soil_moisture={s!r}'}"
+        f"{'' if m is None else f',maturity={m!r}'}"
+        f"{'' if b is None else f',battery={b!r}'}"
+        f"{'' if r is None else f',rssi={r}i'}"
+        f" {to_ns(reading.ts) if ts_ns is None else ts_ns}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _PlainReading:
+    ts: datetime
+    seq: int
+    temperature: float | None
+    humidity: float | None
+    soil_moisture: float | None
+    maturity: float | None
+    battery: float | None
+    rssi: int | None
+
+
+def _opt_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _plain(reading: ReadingLike) -> _PlainReading:
+    # numpy scalars and ints would print as "np.float64(...)" or as integers.
+    return _PlainReading(
+        reading.ts,
+        int(reading.seq),
+        _opt_float(reading.temperature),
+        _opt_float(reading.humidity),
+        _opt_float(reading.soil_moisture),
+        _opt_float(reading.maturity),
+        _opt_float(reading.battery),
+        None if reading.rssi is None else int(reading.rssi),
+    )
 
 
 def telemetry_lines(farm: str, block: str, node: str, readings: Iterable[ReadingLike]) -> list[str]:
     """Lines of the ``telemetry`` measurement for one node's readings, as ingest writes them.
 
     Identifiers are checked here (raises :class:`orchard.ids.InvalidIdentifierError`);
-    readings must be validated values (use :class:`orchard.models.Reading`).
+    readings should be validated values (:class:`orchard.models.Reading`); numbers of
+    any numeric type (numpy included) are converted to the stored types.
     """
     prefix = telemetry_prefix(
         check_id(farm, "farm id"), check_id(block, "block id"), check_id(node, "node id")
     )
-    return [reading_line(prefix, reading) for reading in readings]
+    return [reading_line(prefix, _plain(reading)) for reading in readings]
 
 
 def telemetry_line_protocol(

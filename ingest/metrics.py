@@ -52,6 +52,9 @@ class IngestMetrics:
             "Messages received and not yet acknowledged (bounded by the Receive Maximum)",
             registry=r,
         )
+        self.mqtt_connected = Gauge(
+            "ingest_mqtt_connected", "1 while subscribed to the broker", registry=r
+        )
         self.influx_up = Gauge(
             "ingest_influx_up", "1 while the last InfluxDB write succeeded", registry=r
         )

@@ -26,6 +26,7 @@ Traps in gmqtt 0.8 (patched) that shape this module, read in ``gmqtt/mqtt/handle
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -87,11 +88,18 @@ class IngestService:
         self._last_dead_letter_ns = 0
         self._writers: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
+        self.subscribed = asyncio.Event()
+        """Set once the broker granted the subscriptions (cleared on disconnect)."""
         self.client: gmqtt.Client | None = None
 
     # --- lifecycle --------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Thousands of handler tasks are alive at any time; full collections walking
+        # them cost more than the little cyclic garbage they leave. Keep start-up
+        # objects out of the collector and collect the young generation less often.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         loop = asyncio.get_running_loop()
         previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(_quiet_unacknowledged)
@@ -195,12 +203,17 @@ class IngestService:
     def _on_disconnect(self, client: gmqtt.Client, packet: Any, exc: Exception | None) -> None:
         self._generation += 1
         self.connected.clear()
+        self.subscribed.clear()
+        self.metrics.mqtt_connected.set(0)
         if not self._draining:
             log.warning("disconnected from the broker; reconnecting")
 
     def _on_subscribe(self, client: gmqtt.Client, mid: int, qos: Any, props: Any) -> None:
         if any(code >= 0x80 for code in qos):
             log.error("broker refused a subscription (codes %s): check the ACL", qos)
+            return
+        self.metrics.mqtt_connected.set(1)
+        self.subscribed.set()
 
     async def _on_message(
         self, client: gmqtt.Client, topic: str, payload: bytes, qos: int, props: Any

@@ -68,13 +68,13 @@ def reason_for(exc: ValidationError) -> str:
     return "invalid_value"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rejection:
     reason: str
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Accepted:
     lines: list[str]
     oldest_ns: int
