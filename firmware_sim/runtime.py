@@ -1,0 +1,297 @@
+"""The live simulator: every node of an orchard in one asyncio process, on a simulated clock.
+
+One scheduler drives all nodes: at each report instant it advances the physics (vectorised
+over all nodes), applies faults and hands each node its reading; the nodes publish on their
+own MQTT connections. The simulated clock runs ``speed`` times faster than real time from
+``start`` until it catches up with the wall clock, then continues in real time, so no
+timestamp is ever in the future (except what the ``clock_skew`` fault does on purpose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+from pydantic import SecretStr
+
+from firmware_sim.faults import FaultInjector
+from firmware_sim.node import SensorNode, ValveControllerNode
+from firmware_sim.physics import OrchardModel
+from firmware_sim.valves import DEFAULT_MAX_RUN_S, ValveLogic
+from firmware_sim.weather import Weather, WeatherEvent
+from orchard.broker import device_password
+from orchard.layout import Orchard
+from orchard.models import Reading
+from orchard.settings import MqttSettings
+from orchard.topics import NodeAddress
+
+log = logging.getLogger(__name__)
+
+STATS_LOG_INTERVAL_S = 30.0
+
+
+class SimClock:
+    """Simulated time (POSIX seconds): accelerated from ``start``, never ahead of the wall."""
+
+    def __init__(
+        self,
+        start: float,
+        speed: float,
+        *,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self._wall = wall
+        self._monotonic = monotonic
+        self.start = min(start, wall())
+        self.speed = speed
+        self._m0 = monotonic()
+
+    def now(self) -> float:
+        return min(self.start + (self._monotonic() - self._m0) * self.speed, self._wall())
+
+    def real_delay(self, target: float) -> float:
+        """Real seconds until the simulated clock reaches ``target``."""
+        accelerated = (target - self.start) / self.speed - (self._monotonic() - self._m0)
+        return max(0.0, accelerated, target - self._wall())
+
+    @property
+    def caught_up(self) -> bool:
+        return self.start + (self._monotonic() - self._m0) * self.speed >= self._wall()
+
+
+_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_start(value: str | None, now: datetime | None = None) -> datetime:
+    """``now``/empty, a relative ``-180d`` (s, m, h, d, w), or an ISO datetime (UTC if naive)."""
+    now = now or datetime.now(UTC)
+    if value is None or value.strip() in ("", "now"):
+        return now
+    text = value.strip()
+    match = _RELATIVE.match(text)
+    if match:
+        return now - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"bad start {value!r}: use 'now', a relative time like -180d or -12h, "
+            "or an ISO datetime like 2026-04-01T00:00:00Z"
+        ) from None
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed > now:
+        raise ValueError(f"start {value!r} is in the future: the simulator never runs ahead")
+    return parsed
+
+
+@dataclass
+class SimStats:
+    nodes: int = 0
+    controllers: int = 0
+    ticks: int = 0
+    readings_taken: int = 0
+    readings_acked: int = 0
+    readings_dropped_buffer: int = 0
+    readings_lost_radio: int = 0
+    readings_malformed: int = 0
+    readings_resent: int = 0
+    backlog: int = 0
+    max_lag_s: float = 0.0
+    """Largest delay, in simulated seconds, between a report instant and its readings leaving."""
+    sim_start: str = ""
+    sim_end: str = ""
+    real_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class SimConfig:
+    start: datetime
+    speed: float = 1.0
+    interval_s: float = 60.0
+    seed: int = 0
+    buffer_size: int = 10_000
+    max_run_s: int = DEFAULT_MAX_RUN_S
+    connect_concurrency: int = 100
+    drain_s: float = 5.0
+
+
+class Simulator:
+    def __init__(
+        self,
+        orchard: Orchard,
+        mqtt: MqttSettings,
+        device_secret: str,
+        config: SimConfig,
+        *,
+        weather: Weather | list[WeatherEvent] | None = None,
+        faults: Mapping[str, Mapping[str, float]] | None = None,
+        on_reading: Callable[[str, Reading], None] | None = None,
+    ) -> None:
+        self.orchard = orchard
+        self.config = config
+        self.on_reading = on_reading
+        self.clock = SimClock(config.start.timestamp(), config.speed)
+        start = datetime.fromtimestamp(self.clock.start, UTC)
+        self.model = OrchardModel(orchard, start=start, seed=config.seed, weather=weather)
+        self.faults = FaultInjector(self.model.node_ids, faults or {}, seed=config.seed)
+        self.model.battery_dying = self.faults.dying.copy()
+        farm = orchard.farm.id
+
+        def device_settings(node: str) -> MqttSettings:
+            return mqtt.model_copy(
+                update={
+                    "username": node,
+                    "password": SecretStr(device_password(device_secret, node)),
+                }
+            )
+
+        self.sensors = [
+            SensorNode(
+                NodeAddress(farm, block_id, node),
+                device_settings(node),
+                self.clock.now,
+                buffer_size=config.buffer_size,
+            )
+            for node, block_id in zip(self.model.node_ids, self.model.node_block_ids, strict=True)
+        ]
+        self.controllers: list[ValveControllerNode] = []
+        for block in orchard.blocks:
+            if block.controller is None:
+                continue
+            logic = ValveLogic(
+                block.controller,
+                block.valves,
+                max_run_s=config.max_run_s,
+                water=lambda valve, t0, t1, b=block.id: self.model.irrigate(b, valve, t0, t1),
+                stop=lambda valve, at, b=block.id: self.model.stop_irrigation(b, valve, at),
+            )
+            self.controllers.append(
+                ValveControllerNode(
+                    NodeAddress(farm, block.id, block.controller),
+                    device_settings(block.controller),
+                    self.clock.now,
+                    logic,
+                )
+            )
+        self.stats = SimStats(nodes=len(self.sensors), controllers=len(self.controllers))
+
+    @property
+    def devices(self) -> list[SensorNode | ValveControllerNode]:
+        return [*self.sensors, *self.controllers]
+
+    def _tick(self, t: float) -> None:
+        sample = self.model.sample(t)
+        faulted = self.faults.apply(sample)
+        s = faulted.sample
+        temps, hums = s.temperature.tolist(), s.humidity.tolist()
+        soils, mats = s.soil_moisture.tolist(), s.maturity.tolist()
+        bats, rssis = s.battery.tolist(), s.rssi.tolist()
+        sent, lost = faulted.sent.tolist(), faulted.lost.tolist()
+        malformed, skew = faulted.malformed.tolist(), faulted.skew_s.tolist()
+        ts = datetime.fromtimestamp(t, UTC)
+        construct = Reading.model_construct
+        for j, node in enumerate(self.sensors):
+            if not sent[j]:
+                continue  # battery empty: the node is silent
+            reading = construct(
+                ts=ts if not skew[j] else datetime.fromtimestamp(t + skew[j], UTC),
+                seq=node.next_seq(),
+                temperature=temps[j],
+                humidity=hums[j],
+                soil_moisture=soils[j],
+                maturity=mats[j],
+                battery=bats[j],
+                rssi=rssis[j],
+            )
+            if self.on_reading is not None:
+                self.on_reading(node.node_id, reading)
+            if lost[j]:
+                node.taken += 1
+                self.stats.readings_lost_radio += 1
+                continue
+            if malformed[j]:
+                self.stats.readings_malformed += 1
+            node.take(reading, malformed=malformed[j])
+        for controller in self.controllers:
+            controller.tick(t)
+
+    def _collect(self) -> None:
+        st = self.stats
+        st.readings_taken = sum(n.taken for n in self.sensors)
+        st.readings_acked = sum(n.sent for n in self.sensors)
+        st.readings_dropped_buffer = sum(n.dropped for n in self.sensors)
+        st.readings_resent = sum(n.resent for n in self.sensors)
+        st.backlog = sum(n.backlog for n in self.sensors)
+
+    async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> SimStats:
+        """Run until ``stop`` is set (or ``duration_s`` real seconds passed), then shut down."""
+        real0 = time.monotonic()
+        cfg = self.config
+        log.info(
+            "simulating %d sensor nodes and %d valve controllers from %s at %gx, a reading every %g s",
+            len(self.sensors),
+            len(self.controllers),
+            datetime.fromtimestamp(self.clock.start, UTC).isoformat(timespec="seconds"),
+            cfg.speed,
+            cfg.interval_s,
+        )
+        gate = asyncio.Semaphore(cfg.connect_concurrency)
+        connecting = [asyncio.create_task(d.run_connection(stop, gate)) for d in self.devices]
+        self.stats.sim_start = datetime.fromtimestamp(self.clock.start, UTC).isoformat()
+        k = 0
+        last_log = time.monotonic()
+        try:
+            while not stop.is_set():
+                if duration_s is not None and time.monotonic() - real0 >= duration_s:
+                    break
+                t = self.clock.start + k * cfg.interval_s
+                delay = self.clock.real_delay(t)
+                if duration_s is not None:
+                    delay = min(delay, max(0.0, duration_s - (time.monotonic() - real0)))
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    continue  # re-check stop, duration and the clock
+                self._tick(t)
+                k += 1
+                self.stats.ticks = k
+                self.stats.sim_end = datetime.fromtimestamp(t, UTC).isoformat()
+                await asyncio.sleep(0)  # let the connections breathe between ticks
+                self.stats.max_lag_s = max(self.stats.max_lag_s, self.clock.now() - t)
+                if time.monotonic() - last_log >= STATS_LOG_INTERVAL_S:
+                    last_log = time.monotonic()
+                    self._collect()
+                    log.info(
+                        "sim time %s, lag %.1f s, readings taken %d acked %d backlog %d dropped %d",
+                        self.stats.sim_end,
+                        self.clock.now() - t,
+                        self.stats.readings_taken,
+                        self.stats.readings_acked,
+                        self.stats.backlog,
+                        self.stats.readings_dropped_buffer,
+                    )
+        finally:
+            stop.set()
+            await asyncio.gather(
+                *(d.close(cfg.drain_s) for d in self.devices), return_exceptions=True
+            )
+            for task in connecting:
+                task.cancel()
+            await asyncio.gather(*connecting, return_exceptions=True)
+            self._collect()
+            self.stats.real_seconds = time.monotonic() - real0
+            log.info("simulator stopped: %s", self.stats.as_dict())
+        return self.stats
