@@ -265,3 +265,32 @@ def test_lot_lifecycle_and_grower_correction(state_engine: sa.Engine) -> None:
     assert sent == ["published", "withdrawn"]
     events = [e["event"] for e in lot_history(state_engine, name)]
     assert events == ["created", "published", "updated", "updated", "withdrawn"]
+
+
+def test_levelled_off_fruit_is_not_a_stuck_sensor_but_a_frozen_probe_is() -> None:
+    mat = np.minimum(_ramp(5, 130, 1.0, 0.1), 7.5)  # over-mature fruit levels off
+    r = evaluate_block("b", APPLE, _series(mat, 10.1, 26.1), Thresholds.from_crop(APPLE))
+    assert r.unhealthy == {}
+    # Levelling off one node after the other: the flat ones sit at the top, not behind.
+    staggered = np.minimum(_ramp(5, 130, 1.0, 0.05), 7.4)
+    r1 = evaluate_block("b", APPLE, _series(staggered, 10.1, 26.1), Thresholds.from_crop(APPLE))
+    assert r1.unhealthy == {}
+    moving = _ramp(5, 130, 1.0, 0.025)
+    moving[2, -6:] = moving[2, -7]  # frozen while the others keep rising past it
+    r2 = evaluate_block("b", APPLE, _series(moving, 10.1, 26.1), Thresholds.from_crop(APPLE))
+    assert list(r2.unhealthy) == ["n2"] and "stuck" in r2.unhealthy["n2"]
+
+
+def test_a_ready_block_stays_ready_when_a_sensor_drops_out_but_not_under_frost() -> None:
+    mat = _ramp(4, 130, 1.0, 0.025)
+    mat[:2, -3:] = np.nan  # two of four nodes fall silent
+    series = _series(mat, 10.1, 26.1)
+    thresholds = Thresholds.from_crop(APPLE)
+    fresh = evaluate_block("b", APPLE, series, thresholds)
+    assert fresh.state is ReadinessState.NOT_READY  # no verdict from two nodes
+    kept = evaluate_block("b", APPLE, series, thresholds, previous=ReadinessState.READY)
+    assert kept.state is ReadinessState.READY
+    frozen = evaluate_block(
+        "b", APPLE, series, thresholds, previous=ReadinessState.READY, open_alarms=["frost"]
+    )
+    assert frozen.state is ReadinessState.NOT_READY

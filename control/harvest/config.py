@@ -13,7 +13,7 @@ from control.harvest.readiness import ReadinessRules
 class HarvestConfig(BaseModel):
     enabled: bool = True
     min_ready_share: float = Field(
-        default=0.8, gt=0, le=1, description="Share of healthy nodes past the threshold"
+        default=0.75, gt=0, le=1, description="Share of healthy nodes past the threshold"
     )
     ready_soon_days: int = Field(default=7, ge=1, le=60, description="'Ready soon' horizon")
     list_when: Literal["ready", "ready_soon"] = Field(

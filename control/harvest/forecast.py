@@ -118,8 +118,8 @@ class ForecastRules:
     trend_window_days: int = 21
     gdd_rate_days: int = 14
     max_forecast_days: float = 120.0
-    # The fit's scatter must stay small next to the distance still to climb, otherwise
-    # the trend says nothing about when the threshold is crossed.
+    # The fit's scatter must stay small next to the rise of the trend over the window,
+    # otherwise the line says nothing about when the threshold is crossed.
     max_noise_ratio: float = 0.5
     # A band wider than this (days, or the forecast itself if longer) is not a date.
     max_band_days: float = 14.0
@@ -158,11 +158,13 @@ def forecast_ready(inp: ForecastInputs, rules: ForecastRules = ForecastRules()) 
             return Forecast(
                 inp.as_of, reason="maturity index is not rising clearly yet", detail=detail
             )
-        if 1.4826 * fit.residual_mad > rules.max_noise_ratio * remaining:
+        scatter = 1.4826 * fit.residual_mad  # MAD scaled to a standard deviation
+        rise = fit.slope * float(x[have].max() - x[have].min())
+        if scatter > rules.max_noise_ratio * rise:
             return Forecast(
                 inp.as_of,
                 reason="maturity index too noisy for its trend "
-                f"(scatter {1.4826 * fit.residual_mad:.2f} against {remaining:.2f} to go)",
+                f"(scatter {scatter:.2f} against a rise of {rise:.2f} over the window)",
                 detail=detail,
             )
         m_days = remaining / fit.slope

@@ -34,11 +34,11 @@ class ReadinessState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ReadinessRules:
-    min_ready_share: float = 0.8  # "most nodes": four in five healthy nodes past threshold
+    min_ready_share: float = 0.75  # "most nodes": three in four healthy nodes past threshold
     ready_soon_days: int = 7
     stale_after_days: int = 2  # a node silent this long no longer speaks for the block
     stuck_days: int = 4  # identical daily values this many days: a stuck sensor
-    grade_days: int = 3  # the grade looks at the readings of the last few days
+    grade_days: int = 1  # the grade looks at the readings of the last day: the fruit as it is now
     forecast: ForecastRules = field(default_factory=ForecastRules)
 
 
@@ -153,11 +153,7 @@ def node_health(
     latest = _latest(maturity, rules.stale_after_days)
     with np.errstate(invalid="ignore"):
         implausible = np.isfinite(latest) & ((latest < plausible[0]) | (latest > plausible[1]))
-    tail = maturity[:, max(0, n_days - rules.stuck_days) :]
-    full_tail = np.isfinite(tail).all(axis=1) & (tail.shape[1] >= rules.stuck_days)
-    stuck = full_tail & (
-        np.nanmax(tail, axis=1, initial=-np.inf) == np.nanmin(tail, axis=1, initial=np.inf)
-    )
+    stuck = _stuck(maturity, rules.stuck_days)
     for i, node in enumerate(nodes):
         if node in flagged:
             reasons[node] = flagged[node]
@@ -171,6 +167,27 @@ def node_health(
             continue
         healthy[i] = False
     return healthy, reasons
+
+
+def _stuck(maturity: FloatArray, days: int) -> BoolArray:
+    """Nodes whose daily value has not moved for ``days`` days while their neighbours' did.
+
+    Fruit that has levelled off reads the same on every node; a frozen sensor is the
+    one that stays put while the rest of the block moves.
+    """
+    n_nodes, n_days = maturity.shape
+    if n_days < days or n_nodes < 2:
+        return np.zeros(n_nodes, dtype=bool)
+    tail = maturity[:, n_days - days :]
+    complete = np.isfinite(tail).all(axis=1)
+    flat = complete & (tail.max(axis=1, initial=-np.inf) == tail.min(axis=1, initial=np.inf))
+    moving = complete & ~flat
+    if not moving.any():
+        return np.zeros(n_nodes, dtype=bool)
+    # Maturity never goes back, so a frozen probe is soon left behind by its moving
+    # neighbours; fruit levelled off at over-maturity sits at the top of the block.
+    moving_now = float(np.median(tail[moving, -1]))
+    return flat & (tail[:, -1] < moving_now)
 
 
 def _latest(maturity: FloatArray, within_days: int) -> FloatArray:
@@ -263,6 +280,11 @@ def evaluate_block(
         state = ReadinessState.HARVESTED
     elif conditions_met:
         state = ReadinessState.READY
+    elif previous is ReadinessState.READY and not blocking:
+        # Ripe fruit does not unripen: a sensor dropping out after the block was declared
+        # ready must not flip it back (only an open frost or heat alarm does).
+        state = ReadinessState.READY
+        reasons.insert(0, "ready since an earlier evaluation")
     elif forecast.days is not None and forecast.days <= rules.ready_soon_days and not blocking:
         state = ReadinessState.READY_SOON
     else:
