@@ -20,7 +20,7 @@ from api.devices import BrokerTarget, DeviceConflict, DeviceRegistry, Provisioni
 from api.settings import ApiSettings
 from orchard.db import create_engine, init_db
 from orchard.ids import InvalidIdentifierError
-from orchard.influx import InfluxClient, InfluxRejected, InfluxUnavailable
+from orchard.influx import InfluxClient, InfluxRejected, InfluxUnavailable, SyncInfluxClient
 from orchard.layout import load_orchard
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.state_url.startswith("sqlite:///"):
+            Path(settings.state_url.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
         engine = create_engine(settings.state_url)
         init_db(engine)
         influx = InfluxClient(settings.influx)
+        # Blocking client for the thread pool (backtest replays run there, off the event loop).
+        sync_influx = SyncInfluxClient(settings.influx)
         app.state.engine = engine
         app.state.influx = influx
+        app.state.sync_influx = sync_influx
         app.state.orchard = load_orchard(settings.orchard_file)
         app.state.devices = DeviceRegistry(
             engine,
@@ -106,6 +113,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             yield
         finally:
             await influx.aclose()
+            sync_influx.close()
             engine.dispose()
 
     app = FastAPI(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -10,11 +10,20 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AlarmsWriter, EngineDep, InfluxDep, OrchardDep, Reader, ThresholdsWriter
+from api.deps import (
+    AlarmsWriter,
+    BacktestRunner,
+    EngineDep,
+    InfluxDep,
+    OrchardDep,
+    Reader,
+    ThresholdsWriter,
+)
 from api.queries import utc
 from api.routes.layout import BlockId, find_block
 from api.schemas import ERRORS, NOT_FOUND, ErrorBody
 from control.alarms import Alarm, AlarmEvent, AlarmNotFound, Alarms
+from control.backtest import backtest
 from control.harvest.engine import block_states
 from control.thresholds import (
     SPECS,
@@ -368,3 +377,70 @@ def webhook_attempts(
     delivery_id: Annotated[int, Path(ge=1, le=2**62)], _: Reader, engine: EngineDep
 ) -> list[Attempt]:
     return attempts_of(engine, delivery_id)
+
+
+# --- backtest ---------------------------------------------------------------------------
+
+
+class BacktestIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "overrides": {"soil_trigger": 0.19},
+                    "start": "2026-06-01T00:00:00Z",
+                    "end": "2026-07-01T00:00:00Z",
+                }
+            ]
+        },
+    )
+    overrides: dict[Annotated[str, Field(max_length=64)], float | None] = Field(
+        description="Proposed overrides, as for PATCH .../thresholds (null: back to default)"
+    )
+    start: datetime | None = Field(default=None, description="Default: 7 days before end")
+    end: datetime | None = Field(default=None, description="Default: now")
+    step_s: float = Field(default=60.0, ge=10, le=3600, description="Replay step, seconds")
+
+
+@router.post(
+    "/blocks/{block_id}/backtest",
+    tags=["thresholds"],
+    summary="Replay a past period with proposed overrides, side by side with the current ones",
+    description=(
+        "Runs the stored readings through the control loop's own rule engine twice, with the "
+        "thresholds in force and with the proposal; returns alarms, irrigation runs and water, "
+        "the readiness date when known, and the differences in words. Nothing is stored."
+    ),
+    responses={
+        **NOT_FOUND,
+        422: {"model": ThresholdError, "description": "Invalid proposal or period"},
+    },
+)
+def backtest_block(
+    block_id: BlockId,
+    body: BacktestIn,
+    _: BacktestRunner,
+    engine: EngineDep,
+    orchard: OrchardDep,
+    request: Request,
+) -> dict[str, Any]:
+    find_block(orchard, block_id)
+    end = utc(body.end) if body.end else datetime.now(UTC)
+    start = utc(body.start) if body.start else end - timedelta(days=7)
+    try:
+        result = backtest(
+            request.app.state.sync_influx,
+            orchard,
+            block_id,
+            start,
+            end,
+            body.overrides,
+            engine=engine,
+            step_s=body.step_s,
+        )
+    except ThresholdValidationError as exc:
+        raise _ThresholdRefused(exc) from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return result.as_json()

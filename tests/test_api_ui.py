@@ -1,0 +1,120 @@
+"""The agronomists' page in headless Chromium: change a threshold after seeing its backtest."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from api.auth import Role, create_token
+from api.settings import ApiSettings
+from api.testing import running_api, synthetic_telemetry
+from control.alarms import Alarms
+from orchard.db import create_engine, init_db
+from orchard.influx import SyncInfluxClient, quote_ident
+from orchard.settings import CONFIG_DIR, InfluxSettings
+from tests.conftest import LiveStack
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = Path(tempfile.gettempdir()) / "orchard-agronomist-page.png"
+FARM, BLOCK = "sunny-hill", "apple-east"
+
+
+@pytest.fixture(scope="module")
+def site(stack: LiveStack) -> Iterator[tuple[str, str, object]]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make deps installs it)")
+    database = f"ui_{uuid.uuid4().hex[:10]}"
+    influx_settings = InfluxSettings(url=stack.influxd.url, database=database)
+    tmp = Path(tempfile.mkdtemp(prefix="orchard-ui-"))
+    settings = ApiSettings(
+        demo=True,
+        influx=influx_settings,
+        mqtt=stack.mqtt("orchard-api"),
+        state_url=f"sqlite:///{tmp / 'state.db'}",
+        orchard_file=CONFIG_DIR / "orchard.toml",
+        broker_passwd_file=tmp / "passwd",
+    )
+    engine = create_engine(settings.state_url)
+    init_db(engine)
+    _, token = create_token(engine, "maria", Role.agronomist)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    nodes = [f"{BLOCK}-n0{i}" for i in range(1, 6)]
+    with SyncInfluxClient(influx_settings) as influx:
+        influx.create_database()
+        influx.write(synthetic_telemetry(FARM, BLOCK, nodes, now - timedelta(days=3), 3, 60))
+        Alarms(engine).raise_alarm(
+            type="soil_dry",
+            subject=BLOCK,
+            farm=FARM,
+            block=BLOCK,
+            severity="major",
+            message="soil moisture 0.16 below 0.165 for 2 h",
+            value=0.16,
+        )
+        with running_api(settings) as url:
+            yield url, token, engine
+        influx.query(f"DROP DATABASE {quote_ident(database)}", database=False)
+
+
+def test_change_a_threshold_after_its_backtest(site: tuple[str, str, object]) -> None:
+    url, token, _engine = site
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1500})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url + "/")
+            page.fill("#token", token)
+            page.click("#token-form button")
+            page.wait_for_selector("#whoami:has-text('agronomist')")
+            # Blocks at a glance, with the open alarm counted.
+            card = page.locator(f".card[data-block='{BLOCK}']")
+            card.wait_for()
+            assert "1 · major" in card.locator(".open-alarms").inner_text()
+            page.wait_for_selector("#th-table tr[data-key='soil_trigger']")
+            assert page.is_disabled("#th-save")
+            page.select_option("#th-days", "3")
+            page.fill("input[data-key='soil_trigger']", "0.25")
+            page.fill("#th-reason", "young trees: water earlier")
+            page.click("#th-preview")
+            page.wait_for_selector("#bt-chart svg path.soil-line", timeout=60_000)
+            chart = page.locator("#bt-chart svg")
+            assert chart.locator("line.trigger-proposed").count() == 1
+            proposed_runs = chart.locator("path.run-proposed").count()
+            current_runs = chart.locator("path.run-now").count()
+            # A higher trigger irrigates at least as often over the same week.
+            assert proposed_runs >= current_runs and proposed_runs > 0
+            assert page.locator("#bt-differences li").count() >= 1
+            assert page.is_enabled("#th-save")
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            page.click("#th-save")
+            page.wait_for_selector("#message.ok:has-text('Saved soil_trigger')")
+            row = page.locator("#audit tbody tr").first
+            row.wait_for()
+            assert "soil_trigger" in row.inner_text()
+            assert "young trees: water earlier" in row.inner_text()
+            assert "maria" in row.inner_text()
+            assert "override" in page.locator("#th-table tr[data-key='soil_trigger']").inner_text()
+            # Acknowledge the alarm from the page.
+            page.click("#alarms button.ack")
+            page.wait_for_selector("#alarms td:has-text('active ack')")
+            assert errors == []
+        finally:
+            browser.close()
