@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
 
+from control.harvest.config import HarvestConfig
 from control.harvest.engine import BlockOutcome, HarvestEngine
 from control.harvest.readiness import ReadinessState
 from orchard.influx import SyncInfluxClient
@@ -144,7 +145,11 @@ def season_span(
 
 
 def run_seed(
-    influx: InfluxSettings, state: Engine, seed: int, orchard: Orchard
+    influx: InfluxSettings,
+    state: Engine,
+    seed: int,
+    orchard: Orchard,
+    config: HarvestConfig | None = None,
 ) -> list[dict[str, Any]]:
     from firmware_sim.season import ready_dates
 
@@ -156,7 +161,7 @@ def run_seed(
         t0 = _time.perf_counter()
         points = load_season(client, orchard, start, end, seed=seed)
         t1 = _time.perf_counter()
-        harvest = HarvestEngine(orchard, state)
+        harvest = HarvestEngine(orchard, state, config)
         tz = ZoneInfo(orchard.farm.timezone)
         result = replay(
             harvest,
@@ -197,6 +202,7 @@ def main(argv: Sequence[str] = ()) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m control.harvest.bench")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--clock", choices=("gdd", "days"), default="gdd")
     args = parser.parse_args(list(argv))
     root = Path(tempfile.mkdtemp(prefix="orchard-harvest-bench-"))
     influxd = Influxd(root / "influxdb", free_port())
@@ -207,7 +213,8 @@ def main(argv: Sequence[str] = ()) -> int:
         for seed in range(args.seeds):
             state = open_store(f"sqlite:///{root / f'state-{seed}.db'}")
             settings = InfluxSettings(url=influxd.url, database=f"bench_{seed}")
-            rows += run_seed(settings, state, seed, orchard)
+            config = HarvestConfig(forecast_clock=args.clock)
+            rows += run_seed(settings, state, seed, orchard, config)
     finally:
         influxd.stop()
         shutil.rmtree(root, ignore_errors=True)

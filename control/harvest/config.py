@@ -23,6 +23,9 @@ class HarvestConfig(BaseModel):
     min_history_days: int = Field(default=7, ge=3)
     trend_window_days: int = Field(default=21, ge=5, le=120)
     max_forecast_days: float = Field(default=120.0, gt=0)
+    forecast_clock: Literal["gdd", "days"] = Field(
+        default="gdd", description="Fit maturity against degree-days (default) or days"
+    )
     evaluate_every_s: float = Field(
         default=3600.0, gt=0, description="Re-evaluate this often (the forecast moves daily)"
     )
@@ -47,5 +50,6 @@ class HarvestConfig(BaseModel):
                 min_history_days=self.min_history_days,
                 trend_window_days=self.trend_window_days,
                 max_forecast_days=self.max_forecast_days,
+                clock=self.forecast_clock,
             ),
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -109,6 +110,8 @@ class ForecastInputs:
     gdd_cum: float
     gdd_target: float
     daily_gdd: FloatArray  # recent daily GDD, oldest first (nan: no data)
+    # Degree-days since bloom at each of day_offsets (for the trend against heat units).
+    gdd_cum_series: FloatArray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +119,12 @@ class ForecastRules:
     min_nodes: int = 3
     min_history_days: int = 7
     trend_window_days: int = 21
-    gdd_rate_days: int = 14
+    gdd_rate_days: int = 10
     max_forecast_days: float = 120.0
+    # "gdd": maturity is fitted against degree-days since bloom and projected with the
+    # recent GDD rate (fruit ripens by heat, so a warm spell ahead of a cool one is
+    # handled); "days": fitted against calendar days.
+    clock: Literal["gdd", "days"] = "gdd"
     # The fit's scatter must stay small next to the rise of the trend over the window,
     # otherwise the line says nothing about when the threshold is crossed.
     max_noise_ratio: float = 0.5
@@ -132,27 +139,42 @@ def forecast_ready(inp: ForecastInputs, rules: ForecastRules = ForecastRules()) 
             reason=f"too few healthy nodes ({inp.healthy_nodes} < {rules.min_nodes})",
         )
     window = inp.day_offsets >= -(rules.trend_window_days - 1)
-    x = inp.day_offsets[window]
+    use_gdd = rules.clock == "gdd" and inp.gdd_cum_series is not None
+    x = (inp.gdd_cum_series if use_gdd else inp.day_offsets)[window]  # type: ignore[index]
     y = inp.maturity_level[window]
-    have = np.isfinite(y)
+    have = np.isfinite(y) & np.isfinite(x)
     if int(have.sum()) < rules.min_history_days:
         return Forecast(
             inp.as_of,
             reason=f"too little maturity history ({int(have.sum())} days with data, "
             f"{rules.min_history_days} needed)",
         )
+
+    # The GDD rate ahead: the mean of the last days. Weather, not sensors, makes it
+    # uncertain: a band of one standard error of the mean each way, at least 10 %.
+    recent = inp.daily_gdd[-rules.gdd_rate_days :]
+    recent = recent[np.isfinite(recent)]
+    if recent.size < min(rules.min_history_days, rules.gdd_rate_days):
+        return Forecast(inp.as_of, reason="too little temperature history")
+    rate = float(recent.mean())
+    if rate <= 0.05:
+        return Forecast(inp.as_of, reason="degree-days are not accumulating (too cold)")
+    spread = max(0.1, float(recent.std(ddof=1) / math.sqrt(recent.size)) / rate)
+
     fit = theil_sen(x[have], y[have])
+    unit = "gdd" if use_gdd else "day"
     detail = {
-        "slope_per_day": round(fit.slope, 4),
-        "slope_low": round(fit.slope_low, 4),
-        "slope_high": round(fit.slope_high, 4),
+        f"slope_per_{unit}": round(fit.slope, 5),
+        "slope_low": round(fit.slope_low, 5),
+        "slope_high": round(fit.slope_high, 5),
         "level": round(fit.level, 3),
         "residual_mad": round(fit.residual_mad, 4),
         "trend_days": float(fit.points),
+        "gdd_rate_per_day": round(rate, 2),
     }
     remaining = inp.threshold - fit.level
     if remaining <= 0:
-        m_days, m_low, m_high = 0.0, 0.0, 0.0
+        m_need, m_low, m_high = 0.0, 0.0, 0.0
     else:
         if fit.slope <= 0 or fit.slope_low <= 0:
             return Forecast(
@@ -167,31 +189,25 @@ def forecast_ready(inp: ForecastInputs, rules: ForecastRules = ForecastRules()) 
                 f"(scatter {scatter:.2f} against a rise of {rise:.2f} over the window)",
                 detail=detail,
             )
-        m_days = remaining / fit.slope
+        # In the fit's own unit: degree-days or days still needed.
+        m_need = remaining / fit.slope
         m_low = remaining / fit.slope_high
         m_high = remaining / fit.slope_low
 
-    g_days, g_low, g_high = 0.0, 0.0, 0.0
-    gdd_missing = inp.gdd_target - inp.gdd_cum
-    if gdd_missing > 0:
-        recent = inp.daily_gdd[-rules.gdd_rate_days :]
-        recent = recent[np.isfinite(recent)]
-        if recent.size < min(rules.min_history_days, rules.gdd_rate_days):
-            return Forecast(inp.as_of, reason="too little temperature history", detail=detail)
-        rate = float(recent.mean())
-        if rate <= 0.05:
-            return Forecast(
-                inp.as_of, reason="degree-days are not accumulating (too cold)", detail=detail
-            )
-        # Weather, not sensors, makes the rate uncertain: a band of one standard error
-        # of the mean each way over the days ahead, at least 10 %.
-        spread = max(0.1, float(recent.std(ddof=1) / math.sqrt(recent.size)) / rate)
-        g_days = gdd_missing / rate
-        g_low = gdd_missing / (rate * (1 + spread))
-        g_high = gdd_missing / (rate * max(1 - spread, 0.2))
-        detail["gdd_rate_per_day"] = round(rate, 2)
+    gdd_missing = max(0.0, inp.gdd_target - inp.gdd_cum)
+    if use_gdd:
+        need = max(m_need, gdd_missing)
+        days = need / rate
+        low = max(m_low, gdd_missing) / (rate * (1 + spread))
+        high = max(m_high, gdd_missing) / (rate * max(1 - spread, 0.2))
+        m_days = m_need / rate
+    else:
+        m_days = m_need
+        days = max(m_need, gdd_missing / rate)
+        low = max(m_low, gdd_missing / (rate * (1 + spread)))
+        high = max(m_high, gdd_missing / (rate * max(1 - spread, 0.2)))
+    g_days = gdd_missing / rate
 
-    days = max(m_days, g_days)
     if days > rules.max_forecast_days:
         return Forecast(
             inp.as_of,
@@ -200,7 +216,6 @@ def forecast_ready(inp: ForecastInputs, rules: ForecastRules = ForecastRules()) 
         )
     detail["maturity_days"] = round(m_days, 1)
     detail["gdd_days"] = round(g_days, 1)
-    low, high = max(m_low, g_low), max(m_high, g_high)
     if high - low > max(rules.max_band_days, days):
         return Forecast(
             inp.as_of,

@@ -237,7 +237,13 @@ def evaluate_block(
     known = daily_gdd[~missing]
     # A day without temperatures still had weather: count it at the season's mean rate.
     fill = float(known.mean()) if known.size else 0.0
-    gdd_cum = float(np.where(missing, fill, daily_gdd).sum())
+    cumulative = np.cumsum(np.where(missing, fill, daily_gdd))
+    gdd_cum = float(cumulative[-1]) if cumulative.size else 0.0
+    # Degree-days at the end of each day; a day in progress counts half a day's worth.
+    gdd_at_day = np.full(len(series.days), np.nan)
+    gdd_at_day[:complete] = cumulative
+    if complete < len(series.days):
+        gdd_at_day[complete:] = gdd_cum + 0.5 * (float(known[-7:].mean()) if known.size else 0.0)
 
     q = 1.0 - rules.min_ready_share
     level_series = _daily_quantile(series.maturity, healthy, q)
@@ -252,6 +258,7 @@ def evaluate_block(
             gdd_cum=gdd_cum,
             gdd_target=thresholds.gdd_target,
             daily_gdd=daily_gdd,
+            gdd_cum_series=gdd_at_day,
         ),
         rules.forecast,
     )
