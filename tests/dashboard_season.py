@@ -1,25 +1,31 @@
 """A small simulated season in InfluxDB, written the way the services write it.
 
-Telemetry, node status and dead letters go through ingest's own line functions
-(:mod:`ingest.lines`), so the dashboards are proven against exactly what ingest
-stores. The control loop's measurements (``block_state``, ``block_daily``,
-``irrigation``, ``alarm``, ``readiness``, ``listing``) are built from
-:mod:`orchard.schema` with :func:`orchard.lineprotocol.encode_point`, with the state
-vocabularies control uses (alarm states, readiness states, lot states).
-
-The signals are deterministic and plausible (diurnal temperature with humidity moving
-against it, soil drying then refilled by irrigation, maturity rising toward the crop's
-harvest threshold), not a physics model: the dashboards need realistic shapes and
-ranges, not agronomy.
+Readings come from the simulator's offline season generator
+(:func:`firmware_sim.season.simulate`, with irrigation runs) and are stored with
+ingest's own line functions (:mod:`ingest.lines`), like node status and dead letters,
+so the dashboards are proven against exactly what ingest stores. ``readiness`` and
+``listing`` points are made by harvest's own writers (:func:`readiness_point`,
+:func:`listing_point`). Control's ``block_state``, ``block_daily``, ``irrigation`` and
+``alarm`` writers are not available yet, so those points are built from
+:mod:`orchard.schema` with :func:`orchard.lineprotocol.encode_point` (every name
+checked against the schema), with control's state vocabularies (alarm states and
+events). Their values are deterministic and plausible, not agronomy.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from statistics import median
 
+from control.harvest.engine import readiness_point
+from control.harvest.forecast import Forecast
+from control.harvest.lots import Lot, LotChange, listing_point
+from control.harvest.readiness import Readiness, ReadinessState
+from firmware_sim.season import ValveOpening, simulate
 from ingest.lines import dead_letter_line, status_line, telemetry_lines
+from orchard.crops import CropProfile
 from orchard.influx import SyncInfluxClient
 from orchard.layout import Orchard
 from orchard.lineprotocol import FieldValue, encode_point, to_ns
@@ -36,6 +42,8 @@ class Season:
     end: datetime
     offline_node: str
     listed_blocks: tuple[str, ...]
+    latest_state: dict[str, dict[str, FieldValue | None]]
+    """The last ``block_state`` fields written per block."""
 
     @property
     def farm(self) -> str:
@@ -69,6 +77,67 @@ def _vpd(temperature: float, humidity: float) -> float:
     return es * (1 - humidity / 100)
 
 
+def _readiness(block: str, day: date, share: float, gdd_cum: float, crop: CropProfile) -> Readiness:
+    """What harvest's evaluation would conclude on a day, in its own type."""
+    state = (
+        ReadinessState.READY
+        if share >= 0.8
+        else ReadinessState.READY_SOON
+        if share >= 0.5
+        else ReadinessState.NOT_READY
+    )
+    days = None if state is ReadinessState.READY else round(10 * (1 - share), 1)
+    forecast = Forecast(
+        as_of=day,
+        days=days,
+        low_days=None if days is None else max(0.0, days - 2),
+        high_days=None if days is None else days + 3,
+        reason="ready" if days is None else None,
+    )
+    return Readiness(
+        block=block,
+        as_of=day,
+        state=state,
+        conditions_met=state is ReadinessState.READY,
+        healthy_nodes=5,
+        nodes_total=5,
+        ready_nodes=round(5 * share),
+        ready_share=share,
+        maturity_median=crop.harvest_threshold * (0.9 + 0.2 * share),
+        maturity_level=crop.harvest_threshold * (0.85 + 0.2 * share),
+        threshold=crop.harvest_threshold,
+        gdd_cum=gdd_cum,
+        gdd_target=crop.gdd_target,
+        gdd_missing_days=0,
+        blocking_alarms=(),
+        unhealthy={},
+        forecast=forecast,
+        reasons=(),
+    )
+
+
+def _lot(
+    farm: str, block: str, lot: str, crop: str, variety: str, quantity: float, at: datetime
+) -> Lot:
+    # Only what listing_point reads; model_construct keeps this independent of the lot's
+    # other fields (window, evidence, texts), which harvest may extend.
+    return Lot.model_construct(
+        lot=lot,
+        farm=farm,
+        block=block,
+        crop=crop,
+        variety=variety,
+        state="draft",
+        quantity_kg_estimated=quantity,
+        quantity_kg_corrected=None,
+        grade="A",
+        version=1,
+        created_at=at,
+        updated_at=at,
+        published_at=None,
+    )
+
+
 def build_season(
     orchard: Orchard, days: int = 21, now: datetime | None = None
 ) -> tuple[Season, list[str]]:
@@ -78,6 +147,19 @@ def build_season(
     lines: list[str] = []
     offline_node = orchard.blocks[0].sensor_nodes[-1]
     listed: list[str] = []
+    latest: dict[str, dict[str, FieldValue | None]] = {}
+
+    # Readings of the whole season, node by node, from the simulator's offline generator.
+    valves = [
+        ValveOpening(block.id, start + timedelta(days=2 + 6 * k, hours=5), 7200)
+        for block in orchard.blocks
+        for k in range(3)
+    ]
+    readings_of: dict[str, list[Reading]] = {}
+    for _, node, reading in simulate(orchard, start, end, step_s=3600, seed=7, valves=valves):
+        if node == offline_node and reading.ts > end - timedelta(hours=6):
+            continue  # this node went silent six hours ago
+        readings_of.setdefault(node, []).append(reading)
 
     for b_index, block in enumerate(orchard.blocks):
         crop = block.crop_profile
@@ -85,42 +167,10 @@ def build_season(
         trigger = soil.theta_fc - crop.depletion_p * (soil.theta_fc - soil.theta_wp)
         refill = soil.theta_fc - 0.02
         threshold = crop.harvest_threshold
-        # Blocks ripen at different speeds: the first reaches its threshold inside the window.
-        maturity_end = threshold * (1.05 - 0.1 * b_index)
-        maturity_start = (
-            crop.maturity_at_fruit_set + (maturity_end - crop.maturity_at_fruit_set) * 0.6
-        )
 
         # --- telemetry and status, as ingest writes them
-        for n_index, node in enumerate(block.sensor_nodes):
-            readings = []
-            ts, seq = start, 1
-            while ts <= end:
-                if node == offline_node and ts > end - timedelta(hours=6):
-                    break  # this node went silent six hours ago
-                temperature, humidity = _climate(ts, b_index, n_index)
-                progress = (ts - start) / (end - start)
-                readings.append(
-                    Reading(
-                        ts=ts,
-                        seq=seq,
-                        temperature=round(temperature, 2),
-                        humidity=round(humidity, 1),
-                        soil_moisture=round(
-                            trigger + 0.04 * math.cos(progress * 6 * math.pi) + 0.002 * n_index, 4
-                        ),
-                        maturity=round(
-                            maturity_start
-                            + (maturity_end - maturity_start) * progress
-                            + 0.05 * n_index,
-                            3,
-                        ),
-                        battery=round(4.1 - 0.4 * progress - 0.02 * n_index, 3),
-                        rssi=-60 - 5 * n_index - b_index,
-                    )
-                )
-                ts += HOUR
-                seq += 1
+        for node in block.sensor_nodes:
+            readings = readings_of[node]
             lines += telemetry_lines(farm, block.id, node, readings)
             lines.append(
                 status_line(
@@ -147,42 +197,35 @@ def build_season(
             )
             lines.append(status_line(farm, block.id, block.controller, controller, to_ns(start)))
 
-        # --- control: block state every hour, daily agronomy, irrigation, alarms
+        # --- control: block state every hour (medians over the nodes that reported, as
+        # the control loop's robust aggregate), daily agronomy, irrigation, alarms
         gdd_cum = 0.0
-        ts = start
-        while ts <= end:
-            temperature, humidity = _climate(ts, b_index, 0)
-            progress = (ts - start) / (end - start)
-            lines.append(
-                _point(
-                    "block_state",
-                    {"farm": farm, "block": block.id},
-                    {
-                        "soil_moisture": round(
-                            trigger + 0.04 * math.cos(progress * 6 * math.pi), 4
-                        ),
-                        "trigger": round(trigger, 4),
-                        "refill": round(refill, 4),
-                        "temperature": round(temperature, 2),
-                        "humidity": round(humidity, 1),
-                        "vpd": round(_vpd(temperature, humidity), 3),
-                        "maturity": round(
-                            maturity_start + (maturity_end - maturity_start) * progress, 3
-                        ),
-                        "maturity_threshold": float(threshold),
-                        "healthy_nodes": len(block.sensor_nodes)
-                        - (
-                            1
-                            if block.sensor_nodes[-1] == offline_node
-                            and ts > end - timedelta(hours=6)
-                            else 0
-                        ),
-                        "open_alarms": 1 if b_index == 0 and ts > end - timedelta(hours=5) else 0,
-                    },
-                    ts,
-                )
-            )
-            ts += HOUR
+        by_step: dict[int, list[Reading]] = {}
+        for node in block.sensor_nodes:
+            for reading in readings_of[node]:
+                by_step.setdefault(reading.seq, []).append(reading)
+        first_step = min(by_step)
+        for step in sorted(by_step):
+            sample = by_step[step]
+            ts = start + (step - first_step) * HOUR  # seq is the generator's step number
+            temperature = median(r.temperature for r in sample if r.temperature is not None)
+            humidity = median(r.humidity for r in sample if r.humidity is not None)
+            state: dict[str, FieldValue | None] = {
+                "soil_moisture": round(
+                    median(r.soil_moisture for r in sample if r.soil_moisture is not None), 4
+                ),
+                "trigger": round(trigger, 4),
+                "refill": round(refill, 4),
+                "temperature": round(temperature, 2),
+                "humidity": round(humidity, 1),
+                "vpd": round(_vpd(temperature, humidity), 3),
+                "maturity": round(median(r.maturity for r in sample if r.maturity is not None), 3),
+                "maturity_threshold": float(threshold),
+                "healthy_nodes": len(sample),
+                "open_alarms": 1 if b_index == 0 and ts > end - timedelta(hours=5) else 0,
+            }
+            lines.append(_point("block_state", {"farm": farm, "block": block.id}, state, ts))
+            latest[block.id] = state
         day = start.date()
         while day <= end.date():
             midnight = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
@@ -213,26 +256,11 @@ def build_season(
                     midnight,
                 )
             )
-            target = crop.gdd_target
             share = min(1.0, max(0.0, 1.0 - 0.3 * b_index - (end.date() - day).days * 0.03))
-            state = "ready" if share >= 0.8 else "ready_soon" if share >= 0.5 else "not_ready"
-            forecast_days = None if state == "ready" else round(10 * (1 - share), 1)
             lines.append(
-                _point(
-                    "readiness",
-                    {"farm": farm, "block": block.id},
-                    {
-                        "state": state,
-                        "ready_share": round(share, 3),
-                        "gdd_cum": round(gdd_cum, 1),
-                        "gdd_target": float(target),
-                        "forecast_days": forecast_days,
-                        "forecast_low_days": None if forecast_days is None else forecast_days - 2,
-                        "forecast_high_days": None if forecast_days is None else forecast_days + 3,
-                        "forecast_date": None
-                        if forecast_days is None
-                        else (day + timedelta(days=round(forecast_days))).isoformat(),
-                    },
+                readiness_point(
+                    farm,
+                    _readiness(block.id, day, share, gdd_cum, crop),
                     midnight + timedelta(hours=6),
                 )
             )
@@ -333,32 +361,22 @@ def build_season(
             listed.append(block.id)
             lot = f"{block.id}-{end.year}"
             created = end - timedelta(days=3 - b_index)
-            lot_tags = {"farm": farm, "block": block.id, "lot": lot}
             quantity = round(
                 block.trees * (block.yield_kg_per_tree or crop.yield_kg_per_tree) * 0.8, 0
             )
-            lines.append(
-                _point(
-                    "listing",
-                    lot_tags,
-                    {"state": "draft", "quantity_kg": quantity, "grade": "A", "event": "created"},
-                    created,
-                )
-            )
+            draft = _lot(farm, block.id, lot, crop.key, block.variety, quantity, created)
+            lines.append(listing_point(LotChange(draft, "created"), created))
             if b_index == 0:
-                lines.append(
-                    _point(
-                        "listing",
-                        lot_tags,
-                        {
-                            "state": "published",
-                            "quantity_kg": quantity,
-                            "grade": "A",
-                            "event": "published",
-                        },
-                        created + timedelta(days=1),
-                    )
+                published = created + timedelta(days=1)
+                lot_now = draft.model_copy(
+                    update={
+                        "state": "published",
+                        "version": 2,
+                        "updated_at": published,
+                        "published_at": published,
+                    }
                 )
+                lines.append(listing_point(LotChange(lot_now, "published"), published))
 
     # --- ingest's dead letters (not tied to a farm: a bad message may name none)
     for i, reason in enumerate(["invalid_json", "out_of_range", "out_of_range", "node_mismatch"]):
@@ -372,7 +390,7 @@ def build_season(
                 256,
             )
         )
-    return Season(orchard, start, end, offline_node, tuple(listed)), lines
+    return Season(orchard, start, end, offline_node, tuple(listed), latest), lines
 
 
 def load_season(client: SyncInfluxClient, orchard: Orchard, days: int = 21) -> Season:
