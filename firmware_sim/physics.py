@@ -110,7 +110,7 @@ def _utc_offset_s(timezone: str, at: datetime) -> float:
 
 def _crop_cap(block: Block) -> float:
     crop = block.crop_profile
-    low, high = crop.ideal_band
+    _, high = crop.ideal_band
     # Past the ideal band fruit keeps maturing into over-maturity, then levels off.
     return high + 0.5 * (high - crop.harvest_threshold)
 
