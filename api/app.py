@@ -60,7 +60,7 @@ def _load_optional_routers(app: FastAPI) -> None:
     """Routers over other engineers' modules, added when those modules exist."""
     import importlib
 
-    for name in ("api.routes.control", "api.routes.listings"):
+    for name in ("api.routes.control", "api.routes.listings", "api.routes.irrigation"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

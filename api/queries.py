@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from orchard.ids import check_id
 from orchard.influx import quote_ident, quote_literal
@@ -46,6 +46,22 @@ def parse_window(window: str) -> int:
 
 def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def time_range(
+    start: datetime | None, end: datetime | None, default_span: timedelta
+) -> tuple[datetime, datetime]:
+    """``(start, end)`` in UTC with defaults (end: now), within what InfluxDB can store."""
+    end_ = utc(end) if end else datetime.now(UTC)
+    for name, value in (("start", start), ("end", end_)):
+        if value is not None and not EARLIEST <= utc(value) <= LATEST:
+            raise QueryLimitError(f"{name} must be between 1970 and 2200")
+    start_ = utc(start) if start else end_ - default_span
+    return start_, end_
 
 
 def ns(value: datetime) -> int:

@@ -24,6 +24,10 @@ class ApiSettings(OrchardSettings):
     history_max_points: int = Field(
         default=10_000, ge=10, le=1_000_000, description="Most points one history call returns"
     )
+    backtest_max_days: float = Field(default=92.0, gt=0, le=366)
+    backtest_max_steps: int = Field(
+        default=150_000, ge=100, description="Replay steps (period / step) one backtest may take"
+    )
     offline_after_s: float = Field(
         default=900.0,
         gt=0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -17,9 +17,10 @@ from api.deps import (
     InfluxDep,
     OrchardDep,
     Reader,
+    SettingsDep,
     ThresholdsWriter,
 )
-from api.queries import utc
+from api.queries import QueryLimitError, time_range, utc
 from api.routes.layout import BlockId, find_block
 from api.schemas import ERRORS, NOT_FOUND, ErrorBody
 from control.alarms import Alarm, AlarmEvent, AlarmNotFound, Alarms
@@ -423,11 +424,24 @@ def backtest_block(
     _: BacktestRunner,
     engine: EngineDep,
     orchard: OrchardDep,
+    settings: SettingsDep,
     request: Request,
 ) -> dict[str, Any]:
     find_block(orchard, block_id)
-    end = utc(body.end) if body.end else datetime.now(UTC)
-    start = utc(body.start) if body.start else end - timedelta(days=7)
+    try:
+        start, end = time_range(body.start, body.end, timedelta(days=7))
+    except QueryLimitError as exc:
+        raise HTTPException(422, str(exc)) from None
+    max_days = settings.backtest_max_days
+    if end - start > timedelta(days=max_days):
+        raise HTTPException(422, f"a backtest covers at most {max_days:g} days")
+    steps = (end - start).total_seconds() / body.step_s
+    if steps > settings.backtest_max_steps:
+        raise HTTPException(
+            422,
+            f"{steps:.0f} replay steps requested, the limit is {settings.backtest_max_steps}: "
+            f"use a step of at least {(end - start).total_seconds() / settings.backtest_max_steps:.0f}s",
+        )
     try:
         result = backtest(
             request.app.state.sync_influx,

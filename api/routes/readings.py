@@ -21,7 +21,7 @@ from api.queries import (
     history_query,
     latest_query,
     parse_window,
-    utc,
+    time_range,
 )
 from api.routes.layout import BlockId, NodeId, find_block, node_block
 from api.schemas import ERRORS, NOT_FOUND, History, HistoryPoint, HistorySeries, LatestReading
@@ -53,9 +53,10 @@ Aggregate = Annotated[Literal["mean", "min", "max"], Query(description="Aggregat
 
 
 def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    end_ = utc(end) if end else datetime.now(UTC)
-    start_ = utc(start) if start else end_ - timedelta(days=1)
-    return start_, end_
+    try:
+        return time_range(start, end, timedelta(days=1))
+    except QueryLimitError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 def _latest_rows(series: list[Any]) -> list[LatestReading]:
