@@ -17,13 +17,21 @@ import pytest
 import sqlalchemy as sa
 
 from control.alarms import Alarms
-from control.harvest import ALARM_TYPE, HarvestEngine, ReadinessState, list_lots, mark_harvested
+from control.harvest import (
+    ALARM_TYPE,
+    HarvestConfig,
+    HarvestEngine,
+    ReadinessState,
+    list_lots,
+    mark_harvested,
+)
 from control.harvest.bench import demo_subset, load_season, replay, season_span
 from control.harvest.tables import lot
 from control.store import open_store
 from firmware_sim.season import ready_dates
 from firmware_sim.weather import WeatherEvent
-from orchard.influx import SyncInfluxClient
+from orchard.influx import InfluxClient, SyncInfluxClient
+from orchard.settings import InfluxSettings
 
 SEED = 7
 
@@ -177,3 +185,38 @@ def test_frost_alarm_holds_readiness_back(influx: SyncInfluxClient, state: sa.En
     after = replay(harvest, influx, day, day)
     assert after.days["cherry-north"][0].state is ReadinessState.READY
     assert len(list_lots(state)) == 1
+
+
+async def test_control_loop_hook_matches_the_replay(
+    influx: SyncInfluxClient, influx_db: InfluxSettings, tmp_path: Path
+) -> None:
+    """``tick`` (async client, the control loop's hook) decides as the blocking replay does."""
+    orchard = demo_subset(("cherry-north",))
+    tz = ZoneInfo(orchard.farm.timezone)
+    truth = ready_dates(orchard, seed=SEED)["cherry-north"]
+    assert truth is not None
+    start, end = season_span(orchard, {"cherry-north": truth}, after_days=3)
+    load_season(influx, orchard, start, end, seed=SEED, step_s=3600)
+    days = [truth - timedelta(days=10 - i) for i in range(14)]
+
+    sync_engine = HarvestEngine(orchard, open_store(f"sqlite:///{tmp_path / 'a.db'}"))
+    expected = [replay(sync_engine, influx, day, day).days["cherry-north"][0] for day in days]
+    loop_engine = HarvestEngine(
+        orchard,
+        open_store(f"sqlite:///{tmp_path / 'b.db'}"),
+        HarvestConfig(evaluate_every_s=86_400),
+    )
+    client = InfluxClient(influx_db)
+    try:
+        got = []
+        for day in days:
+            as_of = datetime.combine(day + timedelta(days=1), time(0), tz)
+            outcomes = await loop_engine.tick(client, as_of)
+            assert await loop_engine.tick(client, as_of + timedelta(hours=1)) == []  # not due
+            got.append(outcomes[0].readiness)
+    finally:
+        await client.aclose()
+    assert [(r.as_of, r.state, r.forecast.date) for r in got] == [
+        (e.day, e.state, e.forecast) for e in expected
+    ]
+    assert ReadinessState.READY in {r.state for r in got}

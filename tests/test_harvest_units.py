@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from control.harvest.forecast import ForecastInputs, forecast_ready, theil_sen
+from control.harvest.forecast import ForecastInputs, ForecastRules, forecast_ready, theil_sen
 from control.harvest.grading import estimated_quantity_kg, grade_readings
 from control.harvest.lots import (
     LotDraft,
@@ -294,3 +294,28 @@ def test_a_ready_block_stays_ready_when_a_sensor_drops_out_but_not_under_frost()
         "b", APPLE, series, thresholds, previous=ReadinessState.READY, open_alarms=["frost"]
     )
     assert frozen.state is ReadinessState.NOT_READY
+
+
+def test_gdd_clock_follows_heat_not_the_calendar() -> None:
+    # Fruit ripens by heat: 0.01 index per degree-day; a cool fortnight then a warm week
+    # (6.75 today, 25 degree-days to go at the last ten days' 12 a day).
+    daily = np.array([5.0] * 14 + [15.0] * 7)
+    cum = 500.0 + np.cumsum(daily)
+    level = 0.01 * cum
+    base = ForecastInputs(
+        as_of=date(2026, 8, 1),
+        day_offsets=np.arange(-20, 1, dtype=float),
+        maturity_level=level,
+        threshold=7.0,
+        healthy_nodes=5,
+        gdd_cum=float(cum[-1]),
+        gdd_target=0.0,
+        daily_gdd=daily,
+        gdd_cum_series=cum,
+    )
+    by_heat = forecast_ready(base)
+    assert by_heat.ok and by_heat.detail["maturity_days"] == pytest.approx(25.0 / 12.0, abs=0.05)
+    by_days = forecast_ready(base, ForecastRules(clock="days"))
+    # The calendar trend averages the cool days in and comes out later.
+    assert by_days.days is not None and by_heat.days is not None
+    assert by_days.days > by_heat.days

@@ -33,7 +33,9 @@ class HarvestConfig(BaseModel):
         default=("frost", "heat"), description="Open alarms of these types hold readiness back"
     )
     node_fault_alarm_types: tuple[str, ...] = Field(
-        default=("sensor_stuck", "sensor_range", "sensor_spike", "sensor_fault", "node_offline"),
+        # Control's sensor alarms judge temperature and soil probes, not the maturity
+        # sensor (which readiness checks itself: silent, implausible, left behind).
+        default=("node_offline",),
         description="A node with one of these open alarms does not vote",
     )
     shop_webhook_url: str | None = Field(default=None, description="Listing events go here")
