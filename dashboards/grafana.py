@@ -243,8 +243,9 @@ def table(
 ) -> Panel:
     """A table of ``resultFormat=table`` queries, merged, with columns renamed and hidden."""
     transformations: list[JSON] = list(kwargs.pop("transformations", []))
-    if len(queries) > 1:
-        transformations.append({"id": "merge", "options": {}})
+    # Grafana may return one frame per series (per GROUP BY tag value): merge them into
+    # one table, and the frames of several queries with them.
+    transformations.append({"id": "merge", "options": {}})
     if exclude_values:
         transformations.append(
             {
