@@ -652,36 +652,46 @@ def rule_transitions(
         )
     else:
         esc_ok = np.zeros_like(raise_ok)
-    late = times > since_s
-    interesting = (raise_ok | clear_ok | esc_ok) & late
+    first = int(np.searchsorted(times, since_s, side="right"))
     out: list[tuple[int, int, str, str]] = []
-    subj_idx, time_idx = np.nonzero(interesting)
-    if subj_idx.size == 0:
-        # Nothing happens in the window, but an open alarm whose condition vanished
-        # before the window (e.g. after a restart) still clears through clear_ok above.
-        return out
-    # np.nonzero is row-major: subjects in order, times ascending within each subject.
-    current = -1
-    state: str | None = None
-    for s, i in zip(subj_idx.tolist(), time_idx.tolist(), strict=True):
-        if s != current:
-            current = s
-            state = active.get((rule.type, subjects[s]))
+    # Jump from one state change to the next with searchsorted on each subject's true
+    # indices: the Python loop runs once per alarm episode, not once per sample.
+    for s in range(values.shape[0]):
         key = (rule.type, subjects[s])
-        if state is None:
-            if raise_ok[s, i]:
-                severity = rule.escalate_severity if esc_ok[s, i] else rule.severity
-                state = severity
-                active[key] = severity
-                out.append((s, i, "raise", severity))
-        elif clear_ok[s, i]:
-            out.append((s, i, "clear", state))
+        state = active.get(key)
+        r_idx = np.flatnonzero(raise_ok[s])
+        c_idx = np.flatnonzero(clear_ok[s])
+        e_idx = np.flatnonzero(esc_ok[s])
+        pos = first
+        while pos < len(times):
+            if state is None:
+                k = int(np.searchsorted(r_idx, pos))
+                if k == len(r_idx):
+                    break
+                i = int(r_idx[k])
+                state = rule.escalate_severity if esc_ok[s, i] else rule.severity
+                out.append((s, i, "raise", state))
+                pos = i + 1
+                continue
+            k = int(np.searchsorted(c_idx, pos))
+            clear_i = int(c_idx[k]) if k < len(c_idx) else len(times)
+            if state != rule.escalate_severity and e_idx.size:
+                k = int(np.searchsorted(e_idx, pos))
+                if k < len(e_idx) and int(e_idx[k]) < clear_i:
+                    i = int(e_idx[k])
+                    state = rule.escalate_severity
+                    out.append((s, i, "escalate", state))
+                    pos = i + 1
+                    continue
+            if clear_i == len(times):
+                break
+            out.append((s, clear_i, "clear", state))
             state = None
+            pos = clear_i + 1
+        if state is None:
             active.pop(key, None)
-        elif esc_ok[s, i] and state != rule.escalate_severity:
-            state = rule.escalate_severity
+        else:
             active[key] = state
-            out.append((s, i, "escalate", state))
     return out
 
 

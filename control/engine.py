@@ -13,7 +13,7 @@ a backtest shows is what the loop would have done.
 Pipeline of one evaluation:
 
 1. node health: out-of-range values, stuck sensors (no change for hours), spikes
-   (a sample far from its neighbours' median) → faulty samples are excluded;
+   (a sample far from both its neighbours) → faulty samples are excluded;
 2. block aggregates over healthy nodes: median soil moisture, temperature and RH, the
    coldest healthy temperature (frost is local), VPD from the medians;
 3. alarm rules (:class:`control.alarms.AlarmRule`) with hysteresis and minimum
@@ -53,7 +53,6 @@ PLAUSIBLE = {
 STUCK_AFTER_S = 6 * 3600  # ESTIMATE: real soil and air values always move within 6 h
 STUCK_EPS = {"soil_moisture": 1e-6, "temperature": 1e-6, "humidity": 1e-6}
 SPIKE_LIMIT = {"soil_moisture": 0.08, "temperature": 8.0, "humidity": 30.0}  # ESTIMATE
-SPIKE_WINDOW = 5  # samples in the rolling median a spike is compared with
 SPIKES_FOR_ALARM = 3  # ESTIMATE: three spikes in SPIKE_ALARM_WINDOW_S flag the sensor
 SPIKE_ALARM_WINDOW_S = 6 * 3600
 FAULT_CLEAR_AFTER_S = 3600
@@ -132,6 +131,9 @@ class EngineState:
     irrigation_busy_until: dict[str, float] = field(default_factory=dict)
     # block id -> epoch seconds until which rain blocks irrigation
     rain_until: dict[str, float] = field(default_factory=dict)
+    # block id -> irrigation runs known to have happened (start_s, end_s): their soil rise
+    # is not rain
+    irrigation_windows: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     # block id -> last decision code recorded (decisions are recorded when they change)
     last_code: dict[str, str] = field(default_factory=dict)
 
@@ -177,14 +179,35 @@ class EngineResult:
 # --- node health ------------------------------------------------------------------------------
 
 
-def _rolling_median(x: F64, window: int) -> F64:
-    if x.shape[-1] < window:
-        return x.copy()
-    pad = window // 2
-    padded = np.pad(x, ((0, 0), (pad, pad)), mode="edge")
-    view = np.lib.stride_tricks.sliding_window_view(padded, window, axis=-1)
-    with np.errstate(all="ignore"), _quiet():
-        return np.asarray(np.nanmedian(view, axis=-1), dtype=np.float64)
+def _neighbour_spikes(x: F64, limit: float) -> B8:
+    """A sample far (> limit) from both its previous and next valid samples, on the same side."""
+    valid = ~np.isnan(x)
+    n = x.shape[1]
+    idx = np.where(valid, np.arange(n), -1)
+    prev_i = np.maximum.accumulate(idx, axis=1)
+    prev_i = np.concatenate([np.full((x.shape[0], 1), -1), prev_i[:, :-1]], axis=1)
+    idx_rev = np.where(valid, np.arange(n), n)
+    next_i = np.minimum.accumulate(idx_rev[:, ::-1], axis=1)[:, ::-1]
+    next_i = np.concatenate([next_i[:, 1:], np.full((x.shape[0], 1), n)], axis=1)
+    prev_v = np.take_along_axis(x, np.clip(prev_i, 0, n - 1), axis=1)
+    next_v = np.take_along_axis(x, np.clip(next_i, 0, n - 1), axis=1)
+    with np.errstate(invalid="ignore"):
+        up = (x - prev_v > limit) & (x - next_v > limit)
+        down = (prev_v - x > limit) & (next_v - x > limit)
+    return np.asarray(valid & (prev_i >= 0) & (next_i < n) & (up | down))
+
+
+def nanmedian0(x: F64) -> F64:
+    """Median along axis 0 ignoring NaN (NaN where all are NaN); faster than np.nanmedian."""
+    if x.shape[0] == 1:
+        return x[0].copy()
+    s = np.sort(x, axis=0)  # NaN sort last
+    k = np.sum(~np.isnan(x), axis=0)
+    lo = np.clip((k - 1) // 2, 0, None)
+    hi = np.clip(k // 2, 0, x.shape[0] - 1)
+    cols = np.arange(x.shape[1])
+    out = (s[lo, cols] + s[hi, cols]) / 2.0
+    return np.where(k > 0, out, np.nan)
 
 
 class _quiet:
@@ -235,9 +258,7 @@ def node_health(grid: Grid) -> Health:
         with np.errstate(invalid="ignore"):
             oor[name] = np.asarray((x < lo) | (x > hi))
         stuck[name] = _forward_fill_last_change(x, STUCK_EPS[name], times)
-        med = _rolling_median(np.where(oor[name], np.nan, x), SPIKE_WINDOW)
-        with np.errstate(invalid="ignore"):
-            spike[name] = np.asarray(np.abs(x - med) > SPIKE_LIMIT[name])
+        spike[name] = _neighbour_spikes(np.where(oor[name], np.nan, x), SPIKE_LIMIT[name])
         # Spikes within the alarm window, counted with a cumulative sum over time.
         csum = np.cumsum(spike[name], axis=1)
         start = np.searchsorted(times, times - SPIKE_ALARM_WINDOW_S, side="left")
@@ -262,7 +283,7 @@ def _per_block(x: F64, node_block: npt.NDArray[np.int64], n_blocks: int, how: st
                 continue
             part = x[rows]
             if how == "median":
-                out[b] = np.nanmedian(part, axis=0)
+                out[b] = nanmedian0(part)
             elif how == "min":
                 out[b] = np.nanmin(part, axis=0)
             elif how == "count":
@@ -645,28 +666,31 @@ def _irrigation(
         th = table.thresholds[b]
         bid = block.id
         busy_until = state.irrigation_busy_until.get(bid, -np.inf)
-        rain_until = state.rain_until.get(bid, -np.inf)
-        # Rain events: the first sample of each rising episode not explained by irrigation.
+        prior_rain_until = state.rain_until.get(bid, -np.inf)
+        lockout_s = th["rain_lockout_h"] * 3600.0
+        known_runs = state.irrigation_windows.get(bid, [])
+        # Rain events: the first sample of each rising episode that no irrigation explains.
+        rain_times: list[float] = []
         prev = False
         for i in np.flatnonzero(rain_now[b] | np.r_[False, rain_now[b][:-1]]):
             t = float(times[i])
             is_rain = bool(rain_now[b, i])
-            if (
-                is_rain
-                and not prev
-                and t > since_s
-                and not (busy_until - SETTLE_AFTER_RUN_S < t <= busy_until)
-            ):
-                rain_mm = float(rise[b, i]) * th["root_depth_m"] * 1000.0
-                rains.append((t, bid, rain_mm))
-                rain_until = max(rain_until, t + th["rain_lockout_h"] * 3600.0)
+            ours = any(s0 - 600 <= t <= s1 + SETTLE_AFTER_RUN_S for s0, s1 in known_runs)
+            if is_rain and not prev and not ours:
+                rain_times.append(t)
+                if t > since_s:
+                    rains.append((t, bid, float(rise[b, i]) * th["root_depth_m"] * 1000.0))
             prev = is_rain
-        state.rain_until[bid] = rain_until
+        rain_arr = np.array(rain_times)
+        if rain_times:
+            state.rain_until[bid] = max(prior_rain_until, rain_times[-1] + lockout_s)
         candidates = np.flatnonzero(due[b] & (times > since_s))
         for i in candidates:
             t = float(times[i])
             if t < busy_until:
                 continue
+            k = int(np.searchsorted(rain_arr, t, side="right"))
+            rain_until = max(prior_rain_until, rain_arr[k - 1] + lockout_s if k else -np.inf)
             theta = float(soil[b, i])
             inputs = {
                 "soil_moisture": round(theta, 4),
@@ -739,6 +763,7 @@ def _irrigation(
             )
             state.last_code[bid] = "irrigate"
             busy_until = t + duration_s + SETTLE_AFTER_RUN_S
+            state.irrigation_windows.setdefault(bid, []).append((t, t + duration_s))
         # Skip for no healthy sensors: reported once per episode.
         none_healthy = (healthy[b] == 0) & (times > since_s)
         if none_healthy.any() and state.last_code.get(bid) != "skip_no_sensor":

@@ -1,0 +1,129 @@
+"""``orchard bench backtest``: a month of one block, replayed end to end against a real influxd.
+
+Writes 30 days × 20 nodes × one reading a minute (864,000 points) into a throw-away
+influxd, then times :func:`control.backtest.backtest` (query + replay, current and
+proposed thresholds) a few times and prints the figures. Target: under 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from control.backtest import backtest
+from orchard.influx import SyncInfluxClient
+from orchard.layout import Block, Farm, Orchard
+from orchard.lineprotocol import encode_point
+from orchard.settings import InfluxSettings
+from orchard.stack import Influxd, free_port
+
+
+def bench_orchard(nodes: int) -> Orchard:
+    return Orchard(
+        farm=Farm(id="bench-farm"),
+        blocks=[
+            Block(
+                id="bench-block",
+                crop="apple",
+                soil="loam",
+                area_ha=2.0,
+                trees=1500,
+                bloom_date=date(2026, 4, 10),
+                latitude=34.3,
+                node_count=nodes,
+                controller="bench-ctl",
+                valves=["bench-v1"],
+            )
+        ],
+    )
+
+
+def synthetic_lines(
+    block: Block, start: datetime, days: int, step_s: int, seed: int = 7
+) -> list[str]:
+    """Diurnal temperature and humidity, soil drying by ET with weekly irrigation, noise."""
+    rng = np.random.default_rng(seed)
+    n = days * 86400 // step_s
+    t = np.arange(n) * step_s
+    hours = t / 3600.0
+    lines: list[str] = []
+    t0 = int(start.timestamp())
+    for k, node in enumerate(block.sensor_nodes):
+        temp = 14 + 9 * np.sin((hours - 9) / 24 * 2 * np.pi) + rng.normal(0, 0.3, n) + k * 0.05
+        hum = np.clip(65 - 20 * np.sin((hours - 9) / 24 * 2 * np.pi) + rng.normal(0, 2, n), 5, 100)
+        soil = 0.29 - 0.012 * ((hours / 24) % 8) + rng.normal(0, 0.002, n)
+        battery = 3.9 - 0.0005 * (hours / 24) + rng.normal(0, 0.005, n)
+        tags = {"farm": "bench-farm", "block": block.id, "node": node}
+        for i in range(n):
+            lines.append(
+                encode_point(
+                    "telemetry",
+                    tags,
+                    {
+                        "temperature": round(float(temp[i]), 2),
+                        "humidity": round(float(hum[i]), 1),
+                        "soil_moisture": round(float(soil[i]), 4),
+                        "battery": round(float(battery[i]), 3),
+                        "seq": i,
+                    },
+                    (t0 + int(t[i])) * 1_000_000_000,
+                )
+            )
+    return lines
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(prog="orchard bench backtest", description=__doc__)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--nodes", type=int, default=20)
+    parser.add_argument("--step", type=int, default=60, help="seconds between readings")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(list(argv))
+    root = Path(tempfile.mkdtemp(prefix="orchard-bench-backtest-"))
+    influxd = Influxd(root, free_port())
+    try:
+        influxd.start()
+        settings = InfluxSettings(url=influxd.url, database="bench", timeout_s=120)
+        orchard = bench_orchard(args.nodes)
+        block = orchard.blocks[0]
+        start = datetime(2026, 6, 1, tzinfo=UTC)
+        end = start + timedelta(days=args.days)
+        with SyncInfluxClient(settings) as client:
+            client.create_database()
+            t = time.perf_counter()
+            lines = synthetic_lines(block, start, args.days, args.step)
+            for i in range(0, len(lines), 20_000):
+                client.write(lines[i : i + 20_000])
+            print(
+                f"wrote {len(lines):,} readings ({args.nodes} nodes, {args.days} days, "
+                f"every {args.step}s) in {time.perf_counter() - t:.1f}s"
+            )
+            figures = []
+            for _ in range(args.runs):
+                t = time.perf_counter()
+                result = backtest(client, orchard, block.id, start, end, {"soil_trigger": 0.19})
+                figures.append(time.perf_counter() - t)
+                print(
+                    f"  backtest {figures[-1]:.2f}s (query {result.query_s:.2f}s, replay of both "
+                    f"threshold sets {result.replay_s:.2f}s): current {result.current.irrigation_count} runs "
+                    f"{result.current.water_m3:g} m³, proposed {result.proposed.irrigation_count} runs "
+                    f"{result.proposed.water_m3:g} m³"
+                )
+            best, median = min(figures), statistics.median(figures)
+            verdict = "OK" if median < 5.0 else "SLOWER than the 5 s target"
+            print(
+                f"backtest end to end: median {median:.2f}s, best {best:.2f}s over {args.runs} runs "
+                f"(target < 5 s): {verdict}"
+            )
+    finally:
+        influxd.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0

@@ -1,0 +1,196 @@
+"""Readings from InfluxDB into the engine's :class:`~control.engine.Grid`: one query for all blocks.
+
+The query asks for raw points (no server-side aggregation, which costs InfluxDB 1.x
+more than it saves) of every node of the selected blocks, grouped by node, and numpy
+bins them on a regular time axis (mean per bin). A node that sent nothing in the
+window still gets a row of NaN, so silence is visible to the offline rule.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import numpy as np
+
+from control.engine import FIELDS, Grid
+from orchard.influx import (
+    InfluxClient,
+    Series,
+    SyncInfluxClient,
+    quote_literal,
+    quote_regex_alternatives,
+)
+from orchard.layout import Block
+from orchard.lineprotocol import to_ns
+
+
+def telemetry_query(
+    farm: str,
+    blocks: Sequence[Block],
+    start: datetime,
+    end: datetime,
+    fields: Sequence[str] = FIELDS,
+) -> str:
+    ids = [b.id for b in blocks]
+    block_filter = (
+        f" AND block = {quote_literal(ids[0])}"
+        if len(ids) == 1
+        else f" AND block =~ {quote_regex_alternatives(ids)}"
+    )
+    return (
+        "SELECT " + ", ".join(f'"{f}"' for f in fields) + " FROM telemetry"
+        f" WHERE farm = {quote_literal(farm)}{block_filter}"
+        f" AND time >= {to_ns(start)} AND time < {to_ns(end)}"
+        " GROUP BY block, node"
+    )
+
+
+def last_seen_query(farm: str, blocks: Sequence[Block], before: datetime) -> str:
+    ids = [b.id for b in blocks]
+    return (
+        "SELECT last(seq) FROM telemetry"
+        f" WHERE farm = {quote_literal(farm)} AND block =~ {quote_regex_alternatives(ids)}"
+        f" AND time < {to_ns(before)} GROUP BY node"
+    )
+
+
+def grid_from_series(
+    series: Sequence[Series],
+    blocks: Sequence[Block],
+    start: datetime,
+    end: datetime,
+    step_s: float,
+    *,
+    time_unit_s: float = 0.001,
+) -> Grid:
+    """Bin raw series onto ``[start, end)`` in steps of ``step_s`` (times in ``time_unit_s``)."""
+    t0 = start.timestamp()
+    n_bins = max(1, int(np.ceil((end.timestamp() - t0) / step_s)))
+    times = t0 + np.arange(n_bins) * step_s
+    block_ids = [b.id for b in blocks]
+    block_index = {b: i for i, b in enumerate(block_ids)}
+    nodes: list[str] = []
+    node_block: list[int] = []
+    node_index: dict[str, int] = {}
+    for b in blocks:
+        for n in b.sensor_nodes:
+            node_index[n] = len(nodes)
+            nodes.append(n)
+            node_block.append(block_index[b.id])
+    for s in series:
+        node = s.tags.get("node", "")
+        block = s.tags.get("block", "")
+        if node and node not in node_index and block in block_index:
+            # A node the layout does not list still counts for its block.
+            node_index[node] = len(nodes)
+            nodes.append(node)
+            node_block.append(block_index[block])
+    n_nodes = len(nodes)
+    sums = {f: np.zeros(n_nodes * n_bins) for f in FIELDS}
+    counts = {f: np.zeros(n_nodes * n_bins) for f in FIELDS}
+    for s in series:
+        node = s.tags.get("node", "")
+        if node not in node_index or not s.values:
+            continue
+        data = np.array(s.values, dtype=np.float64)  # None -> NaN
+        cols = {c: i for i, c in enumerate(s.columns)}
+        bins = np.floor((data[:, cols["time"]] * time_unit_s - t0) / step_s).astype(np.int64)
+        ok = (bins >= 0) & (bins < n_bins)
+        flat = node_index[node] * n_bins + bins[ok]
+        for f in FIELDS:
+            if f not in cols:
+                continue
+            v = data[ok, cols[f]]
+            present = ~np.isnan(v)
+            sums[f] += np.bincount(flat[present], weights=v[present], minlength=n_nodes * n_bins)
+            counts[f] += np.bincount(flat[present], minlength=n_nodes * n_bins)
+    values = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for f in FIELDS:
+            values[f] = (sums[f] / counts[f]).reshape(n_nodes, n_bins)
+    return Grid(
+        times_s=times,
+        nodes=nodes,
+        node_block=np.array(node_block, dtype=np.int64),
+        blocks=block_ids,
+        values=values,
+    )
+
+
+def _apply_last_seen(grid: Grid, series: Sequence[Series], start: datetime) -> None:
+    prior = np.full(grid.n_nodes, np.nan)
+    index = {n: i for i, n in enumerate(grid.nodes)}
+    for s in series:
+        node = s.tags.get("node", "")
+        if node in index and s.values:
+            prior[index[node]] = start.timestamp() - s.values[0][0] / 1000.0
+    grid.prior_age_s = prior
+
+
+def _slices(start: datetime, end: datetime, parts: int) -> list[tuple[datetime, datetime]]:
+    step = (end - start) / parts
+    edges = [start + step * i for i in range(parts)] + [end]
+    return list(itertools.pairwise(edges))
+
+
+def load_grid(
+    client: SyncInfluxClient,
+    farm: str,
+    blocks: Sequence[Block],
+    start: datetime,
+    end: datetime,
+    step_s: float = 60.0,
+    *,
+    with_last_seen: bool = False,
+    fields: Sequence[str] = FIELDS,
+    parallel: int | None = None,
+) -> Grid:
+    """Readings of ``blocks`` over ``[start, end)``.
+
+    Long periods are fetched as a few time slices in parallel: InfluxDB answers each on
+    its own core while this process decodes the previous one, which roughly halves the
+    wall time of a month-long backtest on two cores.
+    """
+    days = (end - start).total_seconds() / 86400.0
+    parts = parallel or (1 if days <= 2 else min(6, max(2, int(days // 5))))
+    # Whole seconds are enough at a one-minute step and shorten the JSON.
+    epoch, unit = ("s", 1.0) if step_s >= 1 else ("ms", 0.001)
+
+    def fetch(span: tuple[datetime, datetime]) -> list[Series]:
+        return client.query_one(
+            telemetry_query(farm, blocks, span[0], span[1], fields), epoch=epoch
+        )
+
+    if parts == 1:
+        series = fetch((start, end))
+    else:
+        with ThreadPoolExecutor(max_workers=parts) as pool:
+            series = [s for chunk in pool.map(fetch, _slices(start, end, parts)) for s in chunk]
+    grid = grid_from_series(series, blocks, start, end, step_s, time_unit_s=unit)
+    if with_last_seen and blocks:
+        _apply_last_seen(grid, client.query_one(last_seen_query(farm, blocks, start)), start)
+    return grid
+
+
+async def aload_grid(
+    client: InfluxClient,
+    farm: str,
+    blocks: Sequence[Block],
+    start: datetime,
+    end: datetime,
+    step_s: float = 60.0,
+    *,
+    with_last_seen: bool = False,
+) -> Grid:
+    q = telemetry_query(farm, blocks, start, end)
+    if with_last_seen and blocks:
+        q += "; " + last_seen_query(farm, blocks, start)
+    results = await client.query(q, epoch="ms")
+    series = results[0] if results else []
+    grid = grid_from_series(series, blocks, start, end, step_s)
+    if with_last_seen and len(results) > 1:
+        _apply_last_seen(grid, results[1], start)
+    return grid
