@@ -862,21 +862,77 @@ def harvest() -> JSON:
 # --- Fleet health ---------------------------------------------------------------------------
 
 
-def fleet_online_timeline() -> Panel:
-    query = NODE_STATUS.select(
-        [NODE_STATUS.agg("last", "online")],
-        where=_farm_block(NODE_STATUS),
+def _presence_count(title: str, description: str, column: str, color: str) -> Panel:
+    # One row per node (its last presence state in 30 days), summed by Grafana: InfluxQL
+    # cannot sum across GROUP BY series without a subquery, which 3.x may not serve.
+    query = NODE_STATUS.select([column], where=_farm_block(NODE_STATUS), by_tags=["node"])
+    return stat(
+        title,
+        description,
+        [Target(query, result_format="table")],
+        decimals=0,
+        width=6,
+        height=5,
+        time_from="30d",
+        thresholds=thresholds((None, color)),
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "reduce",
+                "options": {"includeTimeField": False, "mode": "reduceFields", "reducers": ["sum"]},
+            },
+        ],
+    )
+
+
+def fleet_online_now() -> Panel:
+    return _presence_count(
+        "Nodes online",
+        "Nodes whose last status (retained status or Last Will, last 30 days) is online.",
+        NODE_STATUS.agg("last", "online"),
+        "green",
+    )
+
+
+def fleet_offline_now() -> Panel:
+    return _presence_count(
+        "Nodes offline",
+        "Nodes whose last status is offline: their Last Will fired or they said goodbye.",
+        f'1 - last({NODE_STATUS.field("online")}) AS "offline"',
+        "red",
+    )
+
+
+def fleet_reporting_timeline() -> Panel:
+    # From the readings themselves rather than node_status: status points exist only at
+    # presence changes, so a node online for weeks has none inside a 24 h range.
+    query = TELEMETRY.select(
+        [TELEMETRY.agg("count", "seq", "readings")],
+        where=_farm_block(TELEMETRY),
         by_time=INTERVAL,
         by_tags=["node"],
-        fill="previous",
+        fill="0",
     )
+    mappings = [
+        *value_mappings({"0": ("silent", "red")}),
+        {
+            "options": {
+                "from": 1,
+                "result": {"color": "green", "index": 1, "text": "reporting"},
+                "to": 1e12,
+            },
+            "type": "range",
+        },
+    ]
     return state_timeline(
-        "Online / offline",
-        "Presence of each node from its retained status and Last Will.",
+        "Reporting nodes",
+        "Readings stored per node and interval (1 h or more, as nodes report at least hourly): "
+        "red where a node sent nothing.",
         [Target(query, alias="$tag_node")],
-        width=24,
-        height=9,
-        mappings=value_mappings(ONLINE),
+        width=12,
+        height=10,
+        interval="1h",
+        mappings=mappings,
     )
 
 
@@ -1013,12 +1069,14 @@ def fleet() -> JSON:
         "every node, readings stored per second, and messages rejected by reason.",
         variables=[farm_variable(), block_variable(multi=True)],
         panels=[
-            fleet_online_timeline(),
+            fleet_online_now(),
+            fleet_offline_now(),
+            fleet_ingest_rate(),
+            fleet_reporting_timeline(),
             fleet_status_table(),
             fleet_last_seen(),
             fleet_battery(),
             fleet_rssi(),
-            fleet_ingest_rate(),
             fleet_rejected(),
             fleet_dead_letters(),
         ],

@@ -191,6 +191,35 @@ def test_fleet_sees_the_node_that_went_offline(season_db: tuple[SyncInfluxClient
     assert state[season.offline_node] == "offline"
     assert sum(1 for s in state.values() if s == "online") == len(state) - 1
 
+    def total(title: str) -> int:
+        # What the panel's merge + reduce(sum) transformations show.
+        (pq,) = [p for p in panel_queries(board) if p.panel == title]
+        query = expand(pq.query, time_range=_range_for(board, pq, season), variables=variables)
+        return sum(
+            v
+            for row in _rows(_run(client, query))
+            for k, v in row.items()
+            if k not in ("time", "node")
+        )
+
+    devices = len(season.orchard.all_nodes())
+    assert (total("Nodes online"), total("Nodes offline")) == (devices - 1, 1)
+
+    # The silent node shows as silent in the last intervals of the reporting timeline.
+    (pq,) = [p for p in panel_queries(board) if p.panel == "Reporting nodes"]
+    query = expand(
+        pq.query,
+        time_range=_range_for(board, pq, season),
+        variables=variables,
+        min_interval=pq.min_interval,
+    )
+    counts = {s.tags["node"]: [v for _, v in s.values] for s in _run(client, query)}
+    assert counts[season.offline_node][-5:] == [0] * 5
+    # Every other node reported in every whole hour of the range (the first and the last
+    # bucket are cut by the range's ends).
+    silent = {n: c for n, c in counts.items() if n != season.offline_node and min(c[1:-1]) == 0}
+    assert silent == {}
+
 
 @pytest.mark.parametrize("uid", sorted(BOARDS))
 def test_annotations_return_events(season_db: tuple[SyncInfluxClient, Season], uid: str) -> None:
