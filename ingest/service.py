@@ -1,4 +1,4 @@
-"""The ingest service: MQTT (shared subscription, persistent session) to InfluxDB batches.
+"""The ingest service: MQTT (persistent session, QoS 1) to InfluxDB batches.
 
 At-least-once, end to end. gmqtt, built with ``ack_after_handling``, sends the PUBACK of
 a QoS 1 message when the async ``on_message`` returns, so the handler returns only
@@ -41,7 +41,7 @@ from ingest.settings import IngestSettings
 from ingest.validate import Accepted, Rejection, Validator
 from orchard.influx import InfluxClient, InfluxRejected, InfluxUnavailable
 from orchard.mqtt import Backoff, connect, make_client
-from orchard.topics import Kind, shared_subscription
+from orchard.topics import Kind, shared_subscription, subscription
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Batch:
     lines: list[str] = field(default_factory=list)
     messages: int = 0
     telemetry_messages: int = 0
+    """Messages on telemetry topics, accepted or not (the rest came on status topics)."""
     readings: int = 0
     status_points: int = 0
     dead_letters: int = 0
@@ -185,20 +186,22 @@ class IngestService:
             self.settings.ingest_client_id,
             "resumed" if session_present else "new",
         )
-        # The broker keeps the subscriptions in a resumed session; subscribing again is
-        # harmless and covers a broker that lost its state.
+        # A resumed session keeps plain subscriptions, but Mosquitto 2.0.11 does not
+        # restore shared ones after a restart (measured): subscribe on every connect.
         if client.subscriptions:
             for sub in client.subscriptions:
                 client.resubscribe(sub)
         else:
-            group = self.settings.ingest_share_group
-            client.subscribe(
-                [
-                    Subscription(shared_subscription(Kind.TELEMETRY, group), qos=1),
-                    Subscription(shared_subscription(Kind.STATUS, group), qos=1),
-                ]
-            )
+            client.subscribe([self._subscription(Kind.TELEMETRY), self._subscription(Kind.STATUS)])
         self.connected.set()
+
+    def _subscription(self, kind: Kind) -> Subscription:
+        s = self.settings
+        if s.ingest_shared_subscription:
+            # The broker sends no retained messages to shared subscriptions.
+            return Subscription(shared_subscription(kind, s.ingest_share_group), qos=1)
+        # Retained statuses only when the subscription is new, not on every reconnect.
+        return Subscription(subscription(kind), qos=1, retain_handling_options=1)
 
     def _on_disconnect(self, client: gmqtt.Client, packet: Any, exc: Exception | None) -> None:
         self._generation += 1
@@ -240,7 +243,6 @@ class IngestService:
         if type(result) is Accepted:
             batch.lines.extend(result.lines)
             if result.readings:
-                batch.telemetry_messages += 1
                 batch.readings += result.readings
             else:
                 batch.status_points += 1
@@ -250,6 +252,8 @@ class IngestService:
             assert isinstance(result, Rejection)
             self._add_dead_letter(batch, result, topic, payload, now_ns)
         batch.messages += 1
+        if topic[-7:] != "/status":
+            batch.telemetry_messages += 1
         s = self.settings
         if len(batch.lines) >= s.batch_max_lines or batch.messages >= s.batch_max_messages:
             self._seal(batch)

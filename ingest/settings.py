@@ -19,6 +19,13 @@ class IngestSettings(OrchardSettings):
         description="Fixed MQTT client id: the broker keeps this session's queue while away. "
         "Give every ingest process its own (ingest-1, ingest-2, ...).",
     )
+    ingest_shared_subscription: bool = Field(
+        default=False,
+        description="Subscribe through $share/<group>/... so several ingest processes split "
+        "the load. Off by default: Mosquitto 2.0.11 does not restore shared subscriptions "
+        "from persistence, so messages published between a broker restart and ingest's "
+        "resubscription are dropped by the broker (measured; see docs/ingest.md).",
+    )
     ingest_share_group: Identifier = Field(
         default=INGEST_SHARE_GROUP, description="Shared-subscription group that splits the load"
     )
