@@ -260,7 +260,7 @@ class HarvestEngine:
     def _states(self) -> dict[tuple[str, date], Mapping[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(block_state).where(block_state.c.farm == self.farm))
-            return {(r.block, r.season): r._mapping for r in rows}
+            return {(r.block, r.season): dict(r._mapping) for r in rows}
 
     def _apply(
         self,

@@ -14,6 +14,7 @@ no date: a grower plans pickers on this, an invented date costs money.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -86,17 +87,17 @@ class Forecast:
         return self.days is not None
 
     @property
-    def date(self) -> date | None:
+    def date(self) -> dt.date | None:
         if self.days is None:
             return None
         return self.as_of + timedelta(days=math.ceil(self.days))
 
     @property
-    def earliest(self) -> date | None:
+    def earliest(self) -> dt.date | None:
         return None if self.low_days is None else self.as_of + timedelta(math.ceil(self.low_days))
 
     @property
-    def latest(self) -> date | None:
+    def latest(self) -> dt.date | None:
         return None if self.high_days is None else self.as_of + timedelta(math.ceil(self.high_days))
 
 

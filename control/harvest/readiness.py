@@ -149,10 +149,12 @@ def node_health(
     reasons: dict[str, str] = {}
     healthy = np.ones(n_nodes, dtype=bool)
     recent = maturity[:, max(0, n_days - rules.stale_after_days) :]
-    silent = ~np.isfinite(recent).any(axis=1)
+    silent: BoolArray = np.asarray(~np.isfinite(recent).any(axis=1))
     latest = _latest(maturity, rules.stale_after_days)
     with np.errstate(invalid="ignore"):
-        implausible = np.isfinite(latest) & ((latest < plausible[0]) | (latest > plausible[1]))
+        implausible: BoolArray = np.asarray(
+            np.isfinite(latest) & ((latest < plausible[0]) | (latest > plausible[1]))
+        )
     stuck = _stuck(maturity, rules.stuck_days)
     for i, node in enumerate(nodes):
         if node in flagged:
@@ -187,7 +189,7 @@ def _stuck(maturity: FloatArray, days: int) -> BoolArray:
     # Maturity never goes back, so a frozen probe is soon left behind by its moving
     # neighbours; fruit levelled off at over-maturity sits at the top of the block.
     moving_now = float(np.median(tail[moving, -1]))
-    return flat & (tail[:, -1] < moving_now)
+    return np.asarray(flat & (tail[:, -1] < moving_now), dtype=bool)
 
 
 def _latest(maturity: FloatArray, within_days: int) -> FloatArray:
