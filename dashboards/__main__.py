@@ -2,7 +2,9 @@
 
 - ``build``: write ``dashboards/json/<uid>.json`` from the builders;
 - ``check``: exit 1 if a committed file differs from what the builders produce;
-- ``push``: upload them to an existing Grafana (``--url``, token in ``GRAFANA_TOKEN``).
+- ``push``: upload them to an existing Grafana (``--url``, token in ``GRAFANA_TOKEN``);
+- ``verify``: run every query, expanded as Grafana would, against the InfluxDB of
+  ``ORCHARD_INFLUX__*`` and report errors, empty panels and query times.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def main(argv: Sequence[str] = ()) -> int:
         default=None,
         help="uid of your InfluxDB (InfluxQL) datasource; default: the provisioned 'orchard-influxdb'",
     )
+    verify_p = sub.add_parser("verify", help="run every dashboard query against InfluxDB")
+    verify_p.add_argument(
+        "--require-data", action="store_true", help="also fail when a panel returns no data"
+    )
     args = parser.parse_args(list(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -83,6 +89,9 @@ def main(argv: Sequence[str] = ()) -> int:
             return 1
         print(f"{len(DASHBOARDS)} dashboards up to date in {args.dir}")
         return 0
+
+    if args.command == "verify":
+        return _verify(args.require_data)
 
     from grafana_client.client import GrafanaException
     from niquests.exceptions import RequestException
@@ -107,6 +116,22 @@ def main(argv: Sequence[str] = ()) -> int:
         return 1
     for url in urls:
         print(url)
+    return 0
+
+
+def _verify(require_data: bool) -> int:
+    from dashboards.verify import report, verify
+    from orchard.influx import SyncInfluxClient
+    from orchard.settings import OrchardSettings
+
+    settings = OrchardSettings()
+    with SyncInfluxClient(settings.influx) as client:
+        checks = verify(client, [builder() for builder in DASHBOARDS.values()])
+    print(report(checks))
+    failed = [c for c in checks if c.error or (require_data and c.rows == 0)]
+    if failed:
+        print(f"{len(failed)} of {len(checks)} queries failed", file=sys.stderr)
+        return 1
     return 0
 
 

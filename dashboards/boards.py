@@ -252,11 +252,12 @@ def overview_alarm_list() -> Panel:
     )
     return table(
         "Open alarms",
-        "The latest event of every alarm raised in the last 30 days that is not cleared.",
+        "Every alarm whose latest event (last year) is not a clear: type, subject, severity, "
+        "state (unacknowledged or acknowledged), since when, and the message.",
         [Target(query, result_format="table")],
         width=16,
         height=6,
-        time_from="30d",
+        time_from="365d",
         exclude_values={"state": "^cleared"},
         rename={
             "block": "Block",
@@ -862,8 +863,13 @@ def harvest() -> JSON:
 # --- Fleet health ---------------------------------------------------------------------------
 
 
+# node_status has a point only when a node's presence changes: a node online for months
+# has its last point months ago. A long look-back is cheap on this small measurement.
+PRESENCE_LOOKBACK = "365d"
+
+
 def _presence_count(title: str, description: str, column: str, color: str) -> Panel:
-    # One row per node (its last presence state in 30 days), summed by Grafana: InfluxQL
+    # One row per node (its last presence state within a year), summed by Grafana: InfluxQL
     # cannot sum across GROUP BY series without a subquery, which 3.x may not serve.
     query = NODE_STATUS.select([column], where=_farm_block(NODE_STATUS), by_tags=["node"])
     return stat(
@@ -873,7 +879,7 @@ def _presence_count(title: str, description: str, column: str, color: str) -> Pa
         decimals=0,
         width=6,
         height=5,
-        time_from="30d",
+        time_from=PRESENCE_LOOKBACK,
         thresholds=thresholds((None, color)),
         transformations=[
             {"id": "merge", "options": {}},
@@ -888,7 +894,7 @@ def _presence_count(title: str, description: str, column: str, color: str) -> Pa
 def fleet_online_now() -> Panel:
     return _presence_count(
         "Nodes online",
-        "Nodes whose last status (retained status or Last Will, last 30 days) is online.",
+        "Nodes whose last status (retained status or Last Will) is online.",
         NODE_STATUS.agg("last", "online"),
         "green",
     )
@@ -944,11 +950,11 @@ def fleet_status_table() -> Panel:
     )
     return table(
         "Node status",
-        "Latest presence state and firmware of each node seen in the last 30 days.",
+        "Latest presence state and firmware of each node (status messages of the last year).",
         [Target(query, result_format="table")],
         width=12,
         height=9,
-        time_from="30d",
+        time_from=PRESENCE_LOOKBACK,
         hide=["Time"],
         rename={
             "block": "Block",

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from dashboards.__main__ import main
 from dashboards.boards import DASHBOARDS
 from dashboards.expand import (
     PanelQuery,
@@ -29,11 +30,11 @@ from dashboards.expand import (
     tag_values_of,
 )
 from dashboards.grafana import JSON
+from dashboards.season import Season, load_season
 from orchard.influx import Series, SyncInfluxClient, quote_ident
 from orchard.layout import Orchard, load_orchard
 from orchard.settings import CONFIG_DIR, InfluxSettings
 from tests.conftest import LiveStack
-from tests.dashboard_season import Season, load_season
 
 BOARDS: dict[str, JSON] = {uid: build() for uid, build in DASHBOARDS.items()}
 PANEL_QUERIES = [pq for board in BOARDS.values() for pq in panel_queries(board)]
@@ -234,3 +235,29 @@ def test_annotations_return_events(season_db: tuple[SyncInfluxClient, Season], u
     for name, query in annotations:
         expanded = expand(query, time_range=_range_for(board, None, season), variables=variables)
         assert _rows(_run(client, expanded)), f"annotation {name} found no events: {expanded}"
+
+
+def test_verify_command_runs_every_query(
+    season_db: tuple[SyncInfluxClient, Season],
+    stack: LiveStack,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client, _ = season_db
+    monkeypatch.setenv("ORCHARD_INFLUX__URL", stack.influxd.url)
+    monkeypatch.setenv("ORCHARD_INFLUX__DATABASE", client.database)
+    assert main(["verify", "--require-data"]) == 0
+    out = capsys.readouterr().out
+    assert "ERROR" not in out and " empty " not in out
+    for uid in BOARDS:
+        assert f"{uid} " in out
+    assert out.count(" rows ") == len(PANEL_QUERIES) + 2  # + the two annotations
+
+
+def test_verify_command_fails_on_an_empty_database(
+    influx_db: InfluxSettings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ORCHARD_INFLUX__URL", influx_db.url)
+    monkeypatch.setenv("ORCHARD_INFLUX__DATABASE", influx_db.database)
+    assert main(["verify"]) == 1
+    assert "variable $farm has no values" in capsys.readouterr().out

@@ -1,4 +1,7 @@
-"""A small simulated season in InfluxDB, written the way the services write it.
+"""A simulated season in InfluxDB, written the way the services write it.
+
+Used by the dashboard tests and ``orchard bench dashboards``, and handy to look at the
+dashboards in a Grafana before a farm has any data.
 
 Readings come from the simulator's offline season generator
 (:func:`firmware_sim.season.simulate`, with irrigation runs) and are stored with
@@ -31,8 +34,6 @@ from orchard.layout import Orchard
 from orchard.lineprotocol import FieldValue, encode_point, to_ns
 from orchard.models import Reading, Status
 from orchard.schema import MEASUREMENTS
-
-HOUR = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,10 @@ def _lot(
 
 
 def build_season(
-    orchard: Orchard, days: int = 21, now: datetime | None = None
+    orchard: Orchard, days: int = 21, now: datetime | None = None, step_s: int = 3600
 ) -> tuple[Season, list[str]]:
+    """The season's lines: ``days`` up to ``now`` (on the hour), a reading per node and a
+    block state per block every ``step_s`` seconds."""
     end = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
     start = end - timedelta(days=days)
     farm = orchard.farm.id
@@ -156,7 +159,7 @@ def build_season(
         for k in range(3)
     ]
     readings_of: dict[str, list[Reading]] = {}
-    for _, node, reading in simulate(orchard, start, end, step_s=3600, seed=7, valves=valves):
+    for _, node, reading in simulate(orchard, start, end, step_s=step_s, seed=7, valves=valves):
         if node == offline_node and reading.ts > end - timedelta(hours=6):
             continue  # this node went silent six hours ago
         readings_of.setdefault(node, []).append(reading)
@@ -207,7 +210,8 @@ def build_season(
         first_step = min(by_step)
         for step in sorted(by_step):
             sample = by_step[step]
-            ts = start + (step - first_step) * HOUR  # seq is the generator's step number
+            # seq is the generator's step number
+            ts = start + (step - first_step) * timedelta(seconds=step_s)
             temperature = median(r.temperature for r in sample if r.temperature is not None)
             humidity = median(r.humidity for r in sample if r.humidity is not None)
             state: dict[str, FieldValue | None] = {
@@ -393,8 +397,11 @@ def build_season(
     return Season(orchard, start, end, offline_node, tuple(listed), latest), lines
 
 
-def load_season(client: SyncInfluxClient, orchard: Orchard, days: int = 21) -> Season:
-    season, lines = build_season(orchard, days)
+def load_season(
+    client: SyncInfluxClient, orchard: Orchard, days: int = 21, step_s: int = 3600
+) -> Season:
+    """Write a season into the client's database (batches of 5,000 lines)."""
+    season, lines = build_season(orchard, days, step_s=step_s)
     for i in range(0, len(lines), 5000):
         client.write(lines[i : i + 5000])
     return season
