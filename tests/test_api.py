@@ -563,3 +563,78 @@ def test_overview_counts_open_alarms(api: Api) -> None:
     assert set(rows) == {"apple-east", "cherry-north", "orange-south", "mango-west"}
     active = Alarms(api.engine).active(block="cherry-north")  # type: ignore[arg-type]
     assert rows["cherry-north"]["open_alarms"] == len(active)
+
+
+# --- irrigation ------------------------------------------------------------------------------
+
+
+def test_irrigation_decisions_and_commands(api: Api) -> None:
+    from control.store import irrigation_decision, valve_command
+
+    t = NOW - timedelta(hours=1)
+    with api.engine.begin() as conn:  # type: ignore[attr-defined]
+        decision_id = conn.execute(
+            irrigation_decision.insert().values(
+                farm=FARM,
+                block=BLOCK,
+                ts=t,
+                action="irrigate",
+                code="below_trigger",
+                reason="soil 0.20 below trigger 0.21 for 60 min",
+                inputs={"soil": 0.2},
+                depth_mm=12.0,
+                duration_s=3600,
+                water_m3=180.0,
+                command_ids=["cmd-00000001"],
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            irrigation_decision.insert().values(
+                farm=FARM,
+                block=BLOCK,
+                ts=t - timedelta(hours=1),
+                action="skip",
+                code="skip_rain",
+                reason="rain wetted the root zone",
+                inputs={},
+            )
+        )
+        conn.execute(
+            valve_command.insert().values(
+                command_id="cmd-00000001",
+                farm=FARM,
+                block=BLOCK,
+                node="apple-east-ctl",
+                valve="apple-east-v1",
+                action="open",
+                duration_s=3600,
+                depth_mm=12.0,
+                state="acknowledged",
+                attempts=1,
+                max_attempts=3,
+                issued_at=t,
+                expires_at=t + timedelta(hours=1),
+                reason="below trigger",
+                decision_id=decision_id,
+                created_by="control",
+                created_at=t,
+                updated_at=t,
+            )
+        )
+    with api.client("viewer") as c:
+        decisions = c.get(f"/api/v1/blocks/{BLOCK}/irrigation/decisions").json()
+        assert [d["action"] for d in decisions] == ["irrigate", "skip"]
+        assert decisions[0]["command_ids"] == ["cmd-00000001"]
+        only = c.get(
+            f"/api/v1/blocks/{BLOCK}/irrigation/decisions", params={"action": "skip"}
+        ).json()
+        assert [d["code"] for d in only] == ["skip_rain"]
+        assert c.get("/api/v1/blocks/cherry-north/irrigation/decisions").json() == []
+        commands = c.get("/api/v1/irrigation/commands", params={"block": BLOCK}).json()
+        assert commands[0]["state"] == "acknowledged" and commands[0]["decision_id"] == decision_id
+        assert c.get("/api/v1/irrigation/commands", params={"state": "failed"}).json() == []
+        assert c.get("/api/v1/irrigation/commands", params={"state": "exploded"}).status_code == 422
+        one = c.get("/api/v1/irrigation/commands/cmd-00000001").json()
+        assert one["valve"] == "apple-east-v1"
+        assert c.get("/api/v1/irrigation/commands/cmd-99999999").status_code == 404
+        assert c.get("/api/v1/irrigation/commands/x'%20OR%201").status_code == 422
