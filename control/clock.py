@@ -1,0 +1,78 @@
+"""The control service's notion of "now".
+
+``wall``: the real clock (a farm). ``data``: the newest telemetry timestamp, for the demo,
+where the simulator replays a past season faster than real time: the control loop then
+acts on the replay as if it were live, and valve commands carry issued/expiry times in
+that clock, which the simulated valve controllers compare with their simulated clock.
+The data clock never runs backwards.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Protocol
+
+from orchard.influx import InfluxClient, InfluxError, quote_literal
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    async def refresh(self) -> None: ...
+
+
+class WallClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def refresh(self) -> None:
+        return None
+
+
+class DataClock:
+    """Now = the latest telemetry timestamp of the farm (refreshed once per tick)."""
+
+    def __init__(self, influx: InfluxClient, farm: str) -> None:
+        self.influx = influx
+        self.farm = farm
+        self._now: datetime | None = None
+
+    def now(self) -> datetime:
+        if self._now is None:
+            raise RuntimeError("the data clock has no telemetry yet")
+        return self._now
+
+    @property
+    def ready(self) -> bool:
+        return self._now is not None
+
+    async def refresh(self) -> None:
+        try:
+            results = await self.influx.query(
+                f"SELECT last(seq) FROM telemetry WHERE farm = {quote_literal(self.farm)}",
+                epoch="ms",
+            )
+        except InfluxError:
+            return
+        series = results[0] if results else []
+        if not series or not series[0].values:
+            return
+        latest = datetime.fromtimestamp(series[0].values[0][0] / 1000.0, UTC)
+        if self._now is None or latest > self._now:
+            self._now = latest
+
+
+class FixedClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, now: datetime) -> None:
+        self._now = now
+
+    async def refresh(self) -> None:
+        return None

@@ -1,0 +1,688 @@
+"""The control service: one tick evaluates every block, records decisions and acts.
+
+A tick (every ``tick_s``):
+
+1. read every block's effective thresholds (overrides apply within one tick);
+2. load the readings since the previous tick, plus enough history for durations, for all
+   blocks with ONE InfluxDB query;
+3. run :func:`control.engine.evaluate` from where the previous tick stopped;
+4. record alarm transitions (store + ``alarm`` measurement + webhook), irrigation
+   decisions (store + ``irrigation`` measurement) and queue valve commands;
+5. write ``block_state``; once a day, ``block_daily``;
+6. run the per-tick evaluators (``ControlService.evaluators``: harvest plugs in here).
+
+A failing block or a bad value never stops the loop: the tick falls back to evaluating
+blocks one by one and logs the one that fails; any other error is logged and the next
+tick tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import Field
+from sqlalchemy.engine import Engine
+
+from control import daily
+from control.alarms import AlarmChange, Alarms
+from control.clock import Clock, DataClock, WallClock
+from control.commands import Command, CommandSettings, ValveLink, list_commands, queue_command
+from control.data import aload_grid
+from control.engine import (
+    AlarmTransition,
+    BlockTable,
+    EngineResult,
+    EngineState,
+    IrrigationDecision,
+    evaluate,
+)
+from control.store import (
+    alarm,
+    alarm_event,
+    irrigation_decision,
+    kv_get,
+    kv_set,
+    open_store,
+    valve_command,
+)
+from control.thresholds import EffectiveThresholds, Thresholds
+from control.webhooks import WebhookDispatcher, WebhookSender, WebhookSettings
+from orchard.influx import InfluxClient, InfluxError, SyncInfluxClient
+from orchard.layout import Orchard, load_orchard
+from orchard.lineprotocol import encode_point, to_ns
+from orchard.settings import OrchardSettings
+
+log = logging.getLogger(__name__)
+
+ENGINE_ALARM_TYPES = (
+    "frost",
+    "heat",
+    "vpd_high",
+    "vpd_low",
+    "soil_dry",
+    "waterlogged",
+    "sensor_out_of_range",
+    "sensor_stuck",
+    "sensor_spikes",
+    "node_offline",
+    "low_battery",
+)
+STATE_SCOPE = "control"
+
+
+class ControlSettings(OrchardSettings):
+    """Settings of the control service (``ORCHARD_`` + field name, nested with ``__``)."""
+
+    control_tick_s: float = Field(default=30.0, gt=0, description="Seconds between ticks")
+    control_clock: Literal["auto", "wall", "data"] = Field(
+        default="auto",
+        description="'data': now = newest telemetry (accelerated demo); auto = data when the "
+        "demo simulator runs faster than real time",
+    )
+    control_step_s: float = Field(default=60.0, ge=1, description="Time bin of the engine")
+    control_context_h: float = Field(
+        default=8.0, gt=0, description="History loaded before the new readings (durations, stuck)"
+    )
+    control_max_catchup_h: float = Field(default=72.0, gt=0)
+    control_irrigate: bool = Field(
+        default=True, description="Send valve commands (else advise only)"
+    )
+    sim_speed: float = Field(default=1.0, gt=0, description="Set by `make up` for the simulator")
+    commands: CommandSettings = CommandSettings()
+    webhook: WebhookSettings = WebhookSettings()
+
+    @property
+    def clock_kind(self) -> str:
+        if self.control_clock == "auto":
+            return "data" if self.demo and self.sim_speed > 1 else "wall"
+        return self.control_clock
+
+
+@dataclass
+class TickContext:
+    """What a per-tick evaluator (e.g. harvest readiness) receives."""
+
+    now: datetime
+    orchard: Orchard
+    engine: Engine
+    alarms: Alarms
+    thresholds: dict[str, EffectiveThresholds]
+    influx: InfluxClient
+    result: EngineResult | None
+    webhooks: WebhookSender
+
+
+Evaluator = Callable[[TickContext], Awaitable[None] | None]
+
+
+@dataclass
+class TickReport:
+    now: datetime
+    alarms: list[AlarmTransition] = field(default_factory=list)
+    decisions: list[IrrigationDecision] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    failed_blocks: list[str] = field(default_factory=list)
+    query_s: float = 0.0
+
+
+def default_evaluators() -> list[Evaluator]:
+    """Per-tick evaluators beyond the engine. Harvest readiness plugs in here."""
+    return []
+
+
+class ControlService:
+    def __init__(
+        self,
+        settings: ControlSettings,
+        *,
+        orchard: Orchard | None = None,
+        engine: Engine | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.orchard = orchard or load_orchard(settings.orchard_file)
+        self.farm = self.orchard.farm.id
+        self.engine = engine or open_store(settings.state_url)
+        self.influx = InfluxClient(settings.influx)
+        if clock is not None:
+            self.clock: Clock = clock
+        elif settings.clock_kind == "data":
+            self.clock = DataClock(self.influx, self.farm)
+        else:
+            self.clock = WallClock()
+        self.dispatcher = WebhookDispatcher(self.engine, settings.webhook)
+        self.webhooks = WebhookSender(self.engine, settings.webhook, self.dispatcher)
+        self.alarms = Alarms(self.engine, notify=self._notify_alarm)
+        self.thresholds = Thresholds(self.engine, self.orchard)
+        self.link = ValveLink(
+            self.engine,
+            settings.mqtt,
+            self._now_or_wall,
+            settings=settings.commands,
+            farm=self.farm,
+            listener=self._on_command,
+        )
+        self.evaluators: list[Evaluator] = default_evaluators()
+        self._pending_lines: list[str] = []
+
+    # --- clock ---------------------------------------------------------------------------
+
+    def _now_or_wall(self) -> datetime:
+        try:
+            return self.clock.now()
+        except RuntimeError:
+            return datetime.now(UTC)
+
+    # --- notifications and annotations --------------------------------------------------------
+
+    def _notify_alarm(self, change: AlarmChange) -> None:
+        a = change.alarm
+        self.webhooks.send(
+            f"alarm.{change.event}",
+            {
+                "id": a.id,
+                "type": a.type,
+                "subject": a.subject,
+                "farm": a.farm,
+                "block": a.block,
+                "severity": a.severity,
+                "state": a.state,
+                "message": a.message,
+                "value": a.value,
+                "threshold": a.threshold,
+                "started_at": a.started_at.isoformat(),
+                "escalation_level": a.escalation_level,
+            },
+            idempotency_key=f"alarm-{a.id}-{change.event}-{a.escalation_level}",
+        )
+
+    def _on_command(self, command: Command, event: str) -> None:
+        self._pending_lines.append(
+            encode_point(
+                "irrigation",
+                {"farm": command.farm, "block": command.block, "valve": command.valve},
+                {
+                    "event": f"command_{event}",
+                    "command_id": command.command_id,
+                    "duration_s": command.duration_s,
+                    "depth_mm": command.depth_mm,
+                    "reason": command.error or command.reason or "",
+                },
+                to_ns(self._now_or_wall()),
+            )
+        )
+        if event in ("failed", "timed_out", "expired"):
+            self.alarms.raise_alarm(
+                type="valve_command",
+                subject=command.valve,
+                farm=command.farm,
+                block=command.block,
+                severity="major",
+                message=f"irrigation command to {command.valve} {event.replace('_', ' ')}: {command.error}",
+                details={"command_id": command.command_id},
+            )
+        elif event in ("acknowledged", "completed"):
+            self.alarms.clear_active("valve_command", command.valve, reason=f"command {event}")
+
+    async def flush_lines(self) -> None:
+        if not self._pending_lines:
+            return
+        lines, self._pending_lines = self._pending_lines, []
+        try:
+            await self.influx.write(lines)
+        except InfluxError as exc:
+            log.warning(
+                "could not write %d annotation points (%s); retrying next tick", len(lines), exc
+            )
+            self._pending_lines = lines + self._pending_lines
+
+    def _mirror_alarm_events(self) -> None:
+        """Every alarm change (control, API acks, harvest) becomes an ``alarm`` point."""
+        last = int(kv_get(self.engine, STATE_SCOPE, "alarm_event_mirrored") or 0)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    alarm_event,
+                    alarm.c.type,
+                    alarm.c.subject,
+                    alarm.c.farm,
+                    alarm.c.block,
+                    alarm.c.message.label("alarm_message"),
+                )
+                .join(alarm, alarm.c.id == alarm_event.c.alarm_id)
+                .where(alarm_event.c.id > last)
+                .order_by(alarm_event.c.id)
+                .limit(5000)
+            ).all()
+        for r in rows:
+            self._pending_lines.append(
+                encode_point(
+                    "alarm",
+                    {
+                        "farm": r.farm,
+                        "block": r.block or "",
+                        "type": r.type,
+                        "severity": r.severity,
+                        "subject": r.subject,
+                    },
+                    {
+                        "state": r.state,
+                        "event": r.event,
+                        "message": r.message or r.alarm_message,
+                        "value": None
+                        if r.value is None or not math.isfinite(r.value)
+                        else float(r.value),
+                    },
+                    to_ns(r.ts),
+                )
+            )
+            last = r.id
+        if rows:
+            kv_set(self.engine, STATE_SCOPE, "alarm_event_mirrored", last)
+
+    # --- the tick ------------------------------------------------------------------------
+
+    def _engine_state(self, now: datetime) -> EngineState:
+        state = EngineState()
+        for a in self.alarms.active(farm=self.farm):
+            if a.type in ENGINE_ALARM_TYPES:
+                state.active[(a.type, a.subject)] = a.severity
+        saved = kv_get(self.engine, STATE_SCOPE, "engine") or {}
+        state.rain_until = {k: float(v) for k, v in saved.get("rain_until", {}).items()}
+        state.irrigation_busy_until = {k: float(v) for k, v in saved.get("busy_until", {}).items()}
+        state.last_code = dict(saved.get("last_code", {}))
+        horizon = now - timedelta(days=3)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    valve_command.c.block,
+                    valve_command.c.issued_at,
+                    valve_command.c.duration_s,
+                    valve_command.c.state,
+                ).where(valve_command.c.issued_at >= horizon, valve_command.c.action == "open")
+            ).all()
+        for r in rows:
+            start = r.issued_at.timestamp()
+            if r.state in ("acknowledged", "completed"):
+                state.irrigation_windows.setdefault(r.block, []).append(
+                    (start, start + r.duration_s)
+                )
+            if r.state in ("queued", "sent", "acknowledged"):
+                # A run under way or on its way: no second decision for this block meanwhile.
+                state.irrigation_busy_until[r.block] = max(
+                    state.irrigation_busy_until.get(r.block, -math.inf),
+                    start + r.duration_s + 4 * 3600,
+                )
+        return state
+
+    def _save_state(self, state: EngineState, processed_until: float) -> None:
+        finite = lambda d: {k: v for k, v in d.items() if math.isfinite(v)}  # noqa: E731
+        kv_set(
+            self.engine,
+            STATE_SCOPE,
+            "engine",
+            {
+                "rain_until": finite(state.rain_until),
+                "busy_until": finite(state.irrigation_busy_until),
+                "last_code": state.last_code,
+            },
+        )
+        kv_set(self.engine, STATE_SCOPE, "processed_until", processed_until)
+
+    def _evaluate(
+        self, grid: Any, table: BlockTable, state: EngineState, since: float, offline: set[str]
+    ) -> tuple[EngineResult | None, list[str]]:
+        try:
+            return evaluate(grid, table, state, since, offline_now=offline), []
+        except Exception:
+            log.exception("evaluation of all blocks failed; evaluating blocks one by one")
+        failed: list[str] = []
+        merged: EngineResult | None = None
+        from control.engine import Grid
+
+        for b, block in enumerate(table.blocks):
+            rows = [i for i, nb in enumerate(grid.node_block.tolist()) if nb == b]
+            sub = Grid(
+                times_s=grid.times_s,
+                nodes=[grid.nodes[i] for i in rows],
+                node_block=grid.node_block[rows] * 0,
+                blocks=[block.id],
+                values={k: v[rows] for k, v in grid.values.items()},
+                prior_age_s=None if grid.prior_age_s is None else grid.prior_age_s[rows],
+            )
+            try:
+                r = evaluate(
+                    sub,
+                    BlockTable([block], [table.thresholds[b]], table.farm),
+                    state,
+                    since,
+                    offline_now=offline,
+                )
+            except Exception:
+                log.exception("block %s failed to evaluate; skipped this tick", block.id)
+                failed.append(block.id)
+                continue
+            if merged is None:
+                merged = r
+            else:
+                merged.alarms += r.alarms
+                merged.decisions += r.decisions
+                merged.block_snapshot.update(r.block_snapshot)
+                merged.node_faults.update(r.node_faults)
+                merged.rain_events += r.rain_events
+        return merged, failed
+
+    async def tick(self) -> TickReport:
+        await self.clock.refresh()
+        if isinstance(self.clock, DataClock) and not self.clock.ready:
+            log.info("data clock: no telemetry yet, waiting")
+            return TickReport(now=datetime.now(UTC))
+        now = self.clock.now()
+        report = TickReport(now=now)
+        thresholds = await asyncio.to_thread(self.thresholds.effective_all, now.date())
+        blocks = self.orchard.blocks
+        table = BlockTable(blocks, [thresholds[b.id] for b in blocks], self.farm)
+        step = self.settings.control_step_s
+        # Bins are aligned to the step; the bin holding "now" is still filling, so the
+        # engine sees only complete bins and the open one is evaluated next tick.
+        end = datetime.fromtimestamp(math.floor(now.timestamp() / step) * step, UTC)
+        processed = kv_get(self.engine, STATE_SCOPE, "processed_until")
+        floor = end - timedelta(hours=self.settings.control_max_catchup_h)
+        if processed:
+            since = max(datetime.fromtimestamp(float(processed), UTC), floor)
+        else:
+            since = end - timedelta(seconds=step * 2)
+        raw_start = (since - timedelta(hours=self.settings.control_context_h)).timestamp()
+        start = datetime.fromtimestamp(math.floor(raw_start / step) * step, UTC)
+        if end <= start:
+            return report
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        grid = await aload_grid(
+            self.influx, self.farm, blocks, start, end, step, with_last_seen=True
+        )
+        report.query_s = loop.time() - t0
+        state = self._engine_state(now)
+        offline = {n for n, up in self.link.presence.items() if up is False}
+        result, report.failed_blocks = self._evaluate(
+            grid, table, state, since.timestamp(), offline
+        )
+        if result is not None:
+            self._apply_alarms(result.alarms)
+            report.alarms = result.alarms
+            report.decisions = result.decisions
+            report.commands = self._apply_decisions(result.decisions, thresholds, now)
+            self._record_rain(result.rain_events)
+            self._block_state(result, thresholds, now)
+            self._save_state(state, float(grid.times_s[-1]) if grid.n_times else since.timestamp())
+        self._mirror_alarm_events()
+        await self._daily(now, thresholds)
+        await self.flush_lines()
+        await self._run_evaluators(now, thresholds, result)
+        return report
+
+    def _apply_alarms(self, transitions: list[AlarmTransition]) -> None:
+        for tr in sorted(transitions, key=lambda a: a.t_s):
+            at = datetime.fromtimestamp(tr.t_s, UTC)
+            try:
+                if tr.kind in ("raise", "escalate"):
+                    self.alarms.raise_alarm(
+                        type=tr.type,
+                        subject=tr.subject,
+                        farm=self.farm,
+                        block=tr.block,
+                        severity=tr.severity,
+                        message=tr.message,
+                        value=tr.value,
+                        threshold=tr.threshold,
+                        now=at,
+                    )
+                else:
+                    self.alarms.clear_active(
+                        tr.type, tr.subject, reason=tr.message, value=tr.value, now=at
+                    )
+            except Exception:
+                log.exception("could not record alarm %s on %s", tr.type, tr.subject)
+
+    def _apply_decisions(
+        self,
+        decisions: list[IrrigationDecision],
+        thresholds: dict[str, EffectiveThresholds],
+        now: datetime,
+    ) -> list[Command]:
+        commands: list[Command] = []
+        latest: dict[str, IrrigationDecision] = {}
+        for d in decisions:
+            if d.action == "irrigate":
+                latest[d.block] = d
+        for d in decisions:
+            block = self.orchard.block(d.block)
+            acted = d.action == "irrigate" and latest.get(d.block) is d
+            with self.engine.begin() as conn:
+                decision_id = conn.execute(
+                    irrigation_decision.insert().values(
+                        farm=self.farm,
+                        block=d.block,
+                        ts=datetime.fromtimestamp(d.t_s, UTC),
+                        action=d.action if acted or d.action != "irrigate" else "superseded",
+                        code=d.code,
+                        reason=d.reason,
+                        inputs=d.inputs,
+                        depth_mm=d.depth_mm,
+                        duration_s=d.duration_s,
+                        water_m3=d.water_m3,
+                    )
+                ).inserted_primary_key[0]
+            ids: list[str] = []
+            if acted and self.settings.control_irrigate and block.controller and block.valves:
+                for valve in block.valves:
+                    command = queue_command(
+                        self.engine,
+                        farm=self.farm,
+                        block=block.id,
+                        node=block.controller,
+                        valve=valve,
+                        action="open",
+                        duration_s=int(d.duration_s or 0),
+                        issued_at=now,
+                        ttl_s=self.settings.commands.ttl_s,
+                        reason=d.reason,
+                        depth_mm=d.depth_mm,
+                        decision_id=int(decision_id),
+                        max_attempts=self.settings.commands.max_attempts,
+                    )
+                    commands.append(command)
+                    ids.append(command.command_id)
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        irrigation_decision.update()
+                        .where(irrigation_decision.c.id == decision_id)
+                        .values(command_ids=ids)
+                    )
+            for valve in block.valves or [""]:
+                self._pending_lines.append(
+                    encode_point(
+                        "irrigation",
+                        {"farm": self.farm, "block": d.block, "valve": valve},
+                        {
+                            "event": f"decision_{d.code}",
+                            "command_id": ",".join(ids) or None,
+                            "duration_s": d.duration_s,
+                            "depth_mm": d.depth_mm,
+                            "water_m3": d.water_m3,
+                            "reason": d.reason,
+                        },
+                        to_ns(datetime.fromtimestamp(d.t_s, UTC)),
+                    )
+                )
+            log.info("irrigation decision for %s: %s", d.block, d.reason)
+        return commands
+
+    def _record_rain(self, rains: list[tuple[float, str, float]]) -> None:
+        if not rains:
+            return
+        saved = kv_get(self.engine, STATE_SCOPE, "rain_mm") or {}
+        for t, block, mm in rains:
+            day = datetime.fromtimestamp(t, UTC).date().isoformat()
+            per_block = saved.setdefault(block, {})
+            per_block[day] = round(per_block.get(day, 0.0) + mm, 1)
+        kv_set(self.engine, STATE_SCOPE, "rain_mm", saved)
+
+    def _block_state(
+        self, result: EngineResult, thresholds: dict[str, EffectiveThresholds], now: datetime
+    ) -> None:
+        open_counts: dict[str, int] = {}
+        for a in self.alarms.active(farm=self.farm):
+            if a.block:
+                open_counts[a.block] = open_counts.get(a.block, 0) + 1
+        for block_id, snap in result.block_snapshot.items():
+            th = thresholds[block_id]
+            fields: dict[str, Any] = {
+                k: (round(v, 4) if math.isfinite(v) else None)
+                for k, v in snap.items()
+                if k != "healthy_nodes"
+            }
+            fields.update(
+                trigger=th["soil_trigger"],
+                refill=th["soil_refill"],
+                maturity_threshold=th["harvest_threshold"],
+                healthy_nodes=int(snap.get("healthy_nodes", 0) or 0)
+                if math.isfinite(snap.get("healthy_nodes", 0))
+                else 0,
+                open_alarms=open_counts.get(block_id, 0),
+            )
+            self._pending_lines.append(
+                encode_point(
+                    "block_state", {"farm": self.farm, "block": block_id}, fields, to_ns(now)
+                )
+            )
+
+    async def _daily(self, now: datetime, thresholds: dict[str, EffectiveThresholds]) -> None:
+        today = now.date()
+        done = kv_get(self.engine, STATE_SCOPE, "daily_done")
+        if done == today.isoformat():
+            return
+        try:
+            lines = await self.daily_lines(today, thresholds)
+            await self.influx.write(lines)
+            kv_set(self.engine, STATE_SCOPE, "daily_done", today.isoformat())
+        except InfluxError as exc:
+            log.warning("daily agronomy not written (%s); retrying next tick", exc)
+
+    async def daily_lines(
+        self, today: date, thresholds: dict[str, EffectiveThresholds]
+    ) -> list[str]:
+        """``block_daily`` for every complete day since the earliest bloom (idempotent rewrite)."""
+        blocks = self.orchard.blocks
+        first = min(b.bloom_date for b in blocks)
+        if first >= today:
+            return []
+        first = max(first, today - timedelta(days=366))
+        results = await self.influx.query(
+            daily.daily_query(self.farm, blocks, first, today), epoch="ms"
+        )
+        per_block = daily.node_days(results[0] if results else [], blocks, first, today)
+        days = daily.day_range(first, today)
+        rain = kv_get(self.engine, STATE_SCOPE, "rain_mm") or {}
+        irrigation = self._irrigation_mm(first)
+        lines: list[str] = []
+        for block in blocks:
+            rows = daily.compute_block_days(
+                block,
+                thresholds[block.id],
+                days,
+                per_block[block.id],
+                {date.fromisoformat(k): v for k, v in rain.get(block.id, {}).items()},
+                irrigation.get(block.id, {}),
+            )
+            lines += daily.daily_lines(self.farm, block.id, rows)
+        return lines
+
+    def _irrigation_mm(self, since: date) -> dict[str, dict[date, float]]:
+        """Net depth of acknowledged runs per block and day (one valve's depth per decision)."""
+        start = datetime(since.year, since.month, since.day, tzinfo=UTC)
+        out: dict[str, dict[date, float]] = {}
+        seen: set[tuple[str, int]] = set()
+        for c in list_commands(self.engine, limit=100_000):
+            if (
+                c.state not in ("acknowledged", "completed")
+                or c.issued_at < start
+                or c.action != "open"
+            ):
+                continue
+            key = (c.block, c.decision_id or hash(c.command_id))
+            if key in seen:
+                continue
+            seen.add(key)
+            day = c.issued_at.date()
+            per = out.setdefault(c.block, {})
+            per[day] = per.get(day, 0.0) + (c.depth_mm or 0.0)
+        return out
+
+    async def _run_evaluators(
+        self, now: datetime, thresholds: dict[str, EffectiveThresholds], result: EngineResult | None
+    ) -> None:
+        ctx = TickContext(
+            now,
+            self.orchard,
+            self.engine,
+            self.alarms,
+            thresholds,
+            self.influx,
+            result,
+            self.webhooks,
+        )
+        for evaluator in self.evaluators:
+            try:
+                outcome = evaluator(ctx)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception("evaluator %r failed", evaluator)
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.influx.create_database()
+        tasks = [asyncio.create_task(self.dispatcher.run(stop), name="webhooks")]
+        connect = asyncio.create_task(self.link.start(stop), name="mqtt-connect")
+        tasks.append(asyncio.create_task(self.link.run(stop), name="commands"))
+        try:
+            while not stop.is_set():
+                started = asyncio.get_running_loop().time()
+                try:
+                    report = await self.tick()
+                    if report.alarms or report.decisions:
+                        log.info(
+                            "tick at %s: %d alarm changes, %d decisions, %d commands",
+                            report.now.isoformat(timespec="seconds"),
+                            len(report.alarms),
+                            len(report.decisions),
+                            len(report.commands),
+                        )
+                except Exception:
+                    log.exception("control tick failed; next tick will retry")
+                elapsed = asyncio.get_running_loop().time() - started
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        stop.wait(), max(0.0, self.settings.control_tick_s - elapsed)
+                    )
+        finally:
+            stop.set()
+            connect.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.flush_lines()
+            await self.link.stop()
+            await self.influx.aclose()
+
+    def backtest_client(self) -> SyncInfluxClient:
+        return SyncInfluxClient(self.settings.influx)
