@@ -319,3 +319,55 @@ def test_gdd_clock_follows_heat_not_the_calendar() -> None:
     # The calendar trend averages the cool days in and comes out later.
     assert by_days.days is not None and by_heat.days is not None
     assert by_days.days > by_heat.days
+
+
+def test_backtest_ready_date_moves_with_the_proposed_threshold() -> None:
+    from datetime import UTC, datetime
+
+    from control.engine import EngineResult, Grid
+    from control.harvest import backtest_ready_date
+    from control.harvest.bench import demo_subset
+    from firmware_sim.season import ready_date, simulate_arrays
+
+    orchard = demo_subset(("cherry-north",))
+    block = orchard.block("cherry-north")
+    season = simulate_arrays(
+        orchard,
+        datetime(2026, 4, 2, tzinfo=UTC),
+        datetime(2026, 7, 1, tzinfo=UTC),
+        step_s=3 * 3600,
+        seed=5,
+    )
+    grid = Grid(
+        times_s=season.times,
+        nodes=season.node_ids,
+        node_block=np.zeros(len(season.node_ids), dtype=np.int64),
+        blocks=[block.id],
+        values={"maturity": season.maturity.T.copy(), "temperature": season.temperature.T.copy()},
+    )
+    no_alarms = EngineResult(
+        alarms=[], decisions=[], block_snapshot={}, node_faults={}, rain_events=[]
+    )
+    current = backtest_ready_date(
+        block, grid, no_alarms, {"harvest_threshold": 16.0, "gdd_target": 750.0}
+    )
+    stricter = backtest_ready_date(
+        block, grid, no_alarms, {"harvest_threshold": 18.0, "gdd_target": 750.0}
+    )
+    truth = ready_date(orchard, block.id, seed=5)
+    assert current is not None and stricter is not None and truth is not None
+    assert 0 <= (current - truth).days <= 7
+    assert stricter > current
+    without_maturity = Grid(
+        times_s=grid.times_s,
+        nodes=grid.nodes,
+        node_block=grid.node_block,
+        blocks=grid.blocks,
+        values={"temperature": grid.values["temperature"]},
+    )
+    assert (
+        backtest_ready_date(
+            block, without_maturity, no_alarms, {"harvest_threshold": 16.0, "gdd_target": 750.0}
+        )
+        is None
+    )

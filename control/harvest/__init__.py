@@ -16,6 +16,7 @@ from control.harvest.engine import (
     block_states,
     mark_harvested,
 )
+from control.harvest.hook import HarvestEvaluator, backtest_ready_date, register
 from control.harvest.lots import (
     ListingError,
     Lot,
@@ -33,18 +34,22 @@ from control.harvest.lots import (
 from control.harvest.readiness import ReadinessState
 from control.harvest.shop import shop_sink, url_secrets
 
+register()
+
 __all__ = [
     "ALARM_TYPE",
     "BlockOutcome",
     "ControlThresholds",
     "HarvestConfig",
     "HarvestEngine",
+    "HarvestEvaluator",
     "ListingError",
     "Lot",
     "LotChange",
     "LotNotFound",
     "LotStateError",
     "ReadinessState",
+    "backtest_ready_date",
     "block_states",
     "correct_quantity",
     "get_lot",
