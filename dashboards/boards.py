@@ -244,11 +244,13 @@ def overview_open_alarms() -> Panel:
 
 
 def overview_alarm_list() -> Panel:
+    # One row per (block, type, subject): severity is a tag that changes when an alarm
+    # escalates, so grouping by it would leave the pre-escalation series "active" forever.
     query = latest(
         ALARM,
-        ("state", "event", "message", "value"),
+        ("state", "severity", "event", "message", "value"),
         where=_farm(ALARM),
-        by_tags=["block", "type", "severity", "subject"],
+        by_tags=["block", "type", "subject"],
     )
     return table(
         "Open alarms",
@@ -526,9 +528,15 @@ def block_water_balance() -> Panel:
 
 
 def block_annotations() -> list[Annotation]:
+    # Decisions and how each command ended; not every intermediate command event.
     irrigation = IRRIGATION.select(
         [IRRIGATION.column(c) for c in ("reason", "event", "valve", "duration_s", "depth_mm")],
-        where=_farm_block(IRRIGATION),
+        where=[
+            *_farm_block(IRRIGATION),
+            IRRIGATION.field_matches(
+                "event", "^(decision_|command_(completed|failed|timed_out|expired))"
+            ),
+        ],
     )
     alarms = ALARM.select(
         [ALARM.column(c) for c in ("message", "event", "type", "severity", "subject")],
@@ -566,10 +574,20 @@ def block_detail() -> JSON:
 # --- Irrigation and water use ---------------------------------------------------------------
 
 
+# Irrigation points: one "decision_<code>" per valve when control decides (irrigate,
+# irrigate_capped, skip_rain), then "command_<event>" per valve command. Depth and water
+# are summed over the decisions to irrigate only, so command events do not count again.
+IRRIGATE_DECISIONS = "^decision_irrigate"
+
+
+def _applied(source: From) -> list[str]:
+    return [*_farm_block(source), source.field_matches("event", IRRIGATE_DECISIONS)]
+
+
 def _per_block_sum(name: str) -> Target:
     query = IRRIGATION.select(
         [IRRIGATION.agg("sum", name)],
-        where=_farm_block(IRRIGATION),
+        where=_applied(IRRIGATION),
         by_time=INTERVAL,
         by_tags=["block"],
         fill="0",
@@ -592,7 +610,7 @@ def irrigation_water_per_day() -> Panel:
 
 def irrigation_water_total() -> Panel:
     query = IRRIGATION.select(
-        [IRRIGATION.agg("sum", "water_m3")], where=_farm_block(IRRIGATION), by_tags=["block"]
+        [IRRIGATION.agg("sum", "water_m3")], where=_applied(IRRIGATION), by_tags=["block"]
     )
     return stat(
         "Water used in the period",
@@ -607,10 +625,18 @@ def irrigation_water_total() -> Panel:
 
 
 def irrigation_depth_per_day() -> Panel:
+    # Per valve: a depth is over the area a valve waters, so adding valves would overstate it.
+    query = IRRIGATION.select(
+        [IRRIGATION.agg("sum", "depth_mm")],
+        where=_applied(IRRIGATION),
+        by_time=INTERVAL,
+        by_tags=["block", "valve"],
+        fill="0",
+    )
     return timeseries(
-        "Depth applied per day",
-        "Gross irrigation depth (mm) per block and day.",
-        [_per_block_sum("depth_mm")],
+        "Depth decided per day, per valve",
+        "Irrigation depth (mm) each valve was to apply, per day: decisions to irrigate only.",
+        [Target(query, alias="$tag_block $tag_valve")],
         unit="lengthmm",
         draw="bars",
         interval="1d",

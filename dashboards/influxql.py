@@ -69,6 +69,12 @@ class From:
         """
         return f"{self.tag(tag)} =~ /^${variable or tag}$/"
 
+    def field_matches(self, name: str, pattern: str) -> str:
+        """A filter on a string field, e.g. only irrigation decisions: ``"event" =~ /^decision_/``."""
+        if "/" in pattern:
+            raise ValueError(f"pattern {pattern!r} must not contain '/'")
+        return f"{self.field(name)} =~ /{pattern}/"
+
     def select(
         self,
         columns: Sequence[str],

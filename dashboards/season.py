@@ -45,6 +45,8 @@ class Season:
     listed_blocks: tuple[str, ...]
     latest_state: dict[str, dict[str, FieldValue | None]]
     """The last ``block_state`` fields written per block."""
+    irrigations: list[tuple[str, datetime, float]]
+    """(block, decision time, water m³ of the whole block) of every irrigation."""
 
     @property
     def farm(self) -> str:
@@ -151,6 +153,7 @@ def build_season(
     offline_node = orchard.blocks[0].sensor_nodes[-1]
     listed: list[str] = []
     latest: dict[str, dict[str, FieldValue | None]] = {}
+    irrigations: list[tuple[str, datetime, float]] = []
 
     # Readings of the whole season, node by node, from the simulator's offline generator.
     valves = [
@@ -270,75 +273,83 @@ def build_season(
             )
             day += timedelta(days=1)
 
-        for run, valve in enumerate(block.valves or [f"{block.id}-v1"]):
-            for k in range(3):
-                started = start + timedelta(days=2 + 6 * k + run, hours=5)
-                if started >= end:
-                    continue
-                command = f"{block.id}-{k}-{run}"
+        # Irrigation as control records it: a decision per valve (the block's water split
+        # over its valves), then each valve command's lifecycle; one skipped decision.
+        block_valves = block.valves or [f"{block.id}-v1"]
+        for k in range(3):
+            decided = start + timedelta(days=2 + 6 * k, hours=5)
+            water = round(70 * block.area_ha, 1)
+            for valve in block_valves:
                 tags = {"farm": farm, "block": block.id, "valve": valve}
+                command = f"{block.id}-{k}-{valve}"
                 lines.append(
                     _point(
                         "irrigation",
                         tags,
                         {
-                            "event": "decided",
+                            "event": "decision_irrigate",
                             "command_id": command,
                             "duration_s": 7200,
                             "depth_mm": 7.0,
+                            "water_m3": round(water / len(block_valves), 3),
                             "reason": "root-zone soil moisture below the trigger for 3 h",
                         },
-                        started,
+                        decided,
                     )
                 )
-                lines.append(
-                    _point(
-                        "irrigation",
-                        tags,
-                        {
-                            "event": "completed",
-                            "command_id": command,
-                            "duration_s": 7200,
-                            "water_m3": round(70 * block.area_ha, 1),
-                        },
-                        started + timedelta(hours=2),
+                for minutes, event in (
+                    (0, "queued"),
+                    (1, "sent"),
+                    (2, "acknowledged"),
+                    (122, "completed"),
+                ):
+                    lines.append(
+                        _point(
+                            "irrigation",
+                            tags,
+                            {
+                                "event": f"command_{event}",
+                                "command_id": command,
+                                "duration_s": 7200,
+                                "depth_mm": 7.0,
+                                "reason": "",
+                            },
+                            decided + timedelta(minutes=minutes, seconds=1),
+                        )
                     )
-                )
+            irrigations.append((block.id, decided, water))
+        skipped = {"farm": farm, "block": block.id, "valve": block_valves[0]}
+        lines.append(
+            _point(
+                "irrigation",
+                skipped,
+                {"event": "decision_skip_rain", "reason": "rain wetted the root zone recently"},
+                start + timedelta(days=5, hours=5),
+            )
+        )
 
-        alarm_tags = {
-            "farm": farm,
-            "block": block.id,
-            "type": "heat",
-            "severity": "major",
-            "subject": block.id,
-        }
+        # A heat alarm raised as minor, escalated to major, then cleared: severity is a
+        # tag, so the alarm's points span two series.
         raised = start + timedelta(days=3, hours=14)
-        lines.append(
-            _point(
-                "alarm",
-                alarm_tags,
-                {
-                    "state": "active_unack",
-                    "event": "raised",
-                    "message": "heat stress: 36.2 °C for 45 min",
-                    "value": 36.2,
-                },
-                raised,
-            )
-        )
-        lines.append(
-            _point(
-                "alarm",
-                alarm_tags,
-                {
-                    "state": "cleared_unack",
-                    "event": "cleared",
-                    "message": "back below 33 °C",
-                    "value": 32.5,
-                },
-                raised + timedelta(hours=3),
-            )
-        )
+        for minutes, severity, state, event, message, value in (
+            (0, "minor", "active_unack", "raised", "heat stress: 35.1 °C for 30 min", 35.1),
+            (30, "major", "active_unack", "escalated", "heat stress: 36.2 °C for 60 min", 36.2),
+            (180, "major", "cleared_unack", "cleared", "back below 33 °C", 32.5),
+        ):
+            tags = {
+                "farm": farm,
+                "block": block.id,
+                "type": "heat",
+                "severity": severity,
+                "subject": block.id,
+            }
+            fields: dict[str, FieldValue | None] = {
+                "state": state,
+                "event": event,
+                "message": message,
+                "value": value,
+            }
+            lines.append(_point("alarm", tags, fields, raised + timedelta(minutes=minutes)))
         if b_index == 0:
             stuck = {
                 "farm": farm,
@@ -394,7 +405,7 @@ def build_season(
                 256,
             )
         )
-    return Season(orchard, start, end, offline_node, tuple(listed), latest), lines
+    return Season(orchard, start, end, offline_node, tuple(listed), latest, irrigations), lines
 
 
 def load_season(

@@ -169,9 +169,13 @@ def test_overview_shows_every_block_against_its_thresholds(
 
     # Only the alarm still open is listed after Grafana's filter: the table query itself
     # returns the cleared ones too, with their last state.
-    states = {(r["block"], r["type"]): r["state"] for r in _rows(run("Open alarms"))}
-    assert states[(first, "node_offline")] == "active_unack"
-    assert states[(first, "heat")] == "cleared_unack"
+    rows = _rows(run("Open alarms"))
+    states = {(r["block"], r["type"]): (r["state"], r["severity"]) for r in rows}
+    assert len(states) == len(rows), "one row per alarm, whatever its severity history"
+    assert states[(first, "node_offline")] == ("active_unack", "minor")
+    # Escalated from minor to major, then cleared: the row shows the clear, not a stale
+    # "active" from the minor series.
+    assert states[(first, "heat")] == ("cleared_unack", "major")
 
     listings = {r["lot"]: r["state"] for r in _rows(run("Listings"))}
     assert set(listings) == {f"{b}-{season.end.year}" for b in season.listed_blocks}
@@ -261,3 +265,31 @@ def test_verify_command_fails_on_an_empty_database(
     monkeypatch.setenv("ORCHARD_INFLUX__DATABASE", influx_db.database)
     assert main(["verify"]) == 1
     assert "variable $farm has no values" in capsys.readouterr().out
+
+
+def test_irrigation_water_counts_each_run_once(season_db: tuple[SyncInfluxClient, Season]) -> None:
+    client, season = season_db
+    board = BOARDS["orchard-irrigation"]
+    variables = _variables(client, season, board)
+    (pq,) = [p for p in panel_queries(board) if p.panel == "Water used in the period"]
+    query = expand(pq.query, time_range=_range_for(board, pq, season), variables=variables)
+    water = {s.tags["block"]: s.values[0][1] for s in _run(client, query)}
+    expected: dict[str, float] = {}
+    for block, _, m3 in season.irrigations:
+        expected[block] = expected.get(block, 0.0) + m3
+    assert water == pytest.approx(expected)
+
+    (pq,) = [p for p in panel_queries(board) if p.panel.startswith("Depth decided per day")]
+    query = expand(
+        pq.query,
+        time_range=_range_for(board, pq, season),
+        variables=variables,
+        min_interval=pq.min_interval,
+    )
+    depth = {
+        (s.tags["block"], s.tags["valve"]): sum(v for _, v in s.values) for s in _run(client, query)
+    }
+    runs = {b: sum(1 for blk, _, _ in season.irrigations if blk == b) for b in expected}
+    for block in season.orchard.blocks:
+        for valve in block.valves:
+            assert depth[(block.id, valve)] == pytest.approx(7.0 * runs[block.id])
