@@ -19,7 +19,6 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 
 from firmware_sim.faults import FaultSpecError, parse_fault_items, resolve
-from firmware_sim.physics import OrchardModel
 from firmware_sim.runtime import SimConfig, SimStats, Simulator, parse_start
 from firmware_sim.valves import DEFAULT_MAX_RUN_S
 from firmware_sim.weather import parse_events
@@ -106,8 +105,8 @@ def main(argv: Sequence[str] = ()) -> int:
         start = parse_start(settings.sim_start)
         weather = parse_events(settings.sim_weather)
         selection = parse_fault_items([settings.sim_faults, *args.fault])
-        probe = OrchardModel(orchard, start=start)
-        faults = resolve(selection, probe.node_ids, probe.node_block_ids)
+        sensors = [(b.id, n) for b in orchard.blocks for n in b.sensor_nodes]
+        faults = resolve(selection, [n for _, n in sensors], [b for b, _ in sensors])
     except (OSError, ValueError, FaultSpecError) as exc:
         log.error("%s", exc)
         return 2
@@ -116,7 +115,7 @@ def main(argv: Sequence[str] = ()) -> int:
             "fault injection on %s: %s", node, ", ".join(f"{k}:{v:g}" for k, v in kinds.items())
         )
     config = SimConfig(
-        start=start,
+        start=None if settings.sim_start.strip() in ("", "now") else start,
         speed=settings.sim_speed,
         interval_s=settings.sim_interval_s,
         seed=settings.sim_seed,

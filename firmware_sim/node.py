@@ -68,8 +68,12 @@ class _Outbox(PersistentStorage):  # type: ignore[misc]
         self._on_discarded()
 
 
-def reading_payload(node: str, reading: Reading) -> dict[str, Any]:
-    out: dict[str, Any] = {"ts": reading.ts.isoformat(), "seq": reading.seq}
+WireReading = dict[str, Any]
+"""A reading as it goes on the wire: ``ts`` (ISO 8601), ``seq`` and the measured fields."""
+
+
+def wire_reading(reading: Reading) -> WireReading:
+    out: WireReading = {"ts": reading.ts.isoformat(), "seq": reading.seq}
     for name in READING_FIELDS:
         value = getattr(reading, name)
         if value is not None:
@@ -77,12 +81,12 @@ def reading_payload(node: str, reading: Reading) -> dict[str, Any]:
     return out
 
 
-def telemetry_bytes(node: str, readings: list[Reading]) -> bytes:
+def telemetry_bytes(node: str, readings: list[WireReading]) -> bytes:
     """A Telemetry message for one reading, a TelemetryBatch for several."""
     if len(readings) == 1:
-        body = {"v": 1, "node": node, **reading_payload(node, readings[0])}
+        body = {"v": 1, "node": node, **readings[0]}
     else:
-        body = {"v": 1, "node": node, "readings": [reading_payload(node, r) for r in readings]}
+        body = {"v": 1, "node": node, "readings": readings}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -209,8 +213,8 @@ class SensorNode(DeviceLink):
         self.topic = address.topic(Kind.TELEMETRY)
         self.buffer_size = buffer_size
         # (reading, malformed): a malformed one goes out alone as a corrupted payload.
-        self.pending: deque[tuple[Reading, bool]] = deque()
-        self.inflight: OrderedDict[int, list[tuple[Reading, bool]]] = OrderedDict()
+        self.pending: deque[tuple[WireReading, bool]] = deque()
+        self.inflight: OrderedDict[int, list[tuple[WireReading, bool]]] = OrderedDict()
         self.seq = 0
         self.taken = 0
         self.sent = 0
@@ -231,7 +235,7 @@ class SensorNode(DeviceLink):
         self.seq = (self.seq + 1) % 2**32
         return seq
 
-    def take(self, reading: Reading, malformed: bool = False) -> None:
+    def take(self, reading: WireReading, malformed: bool = False) -> None:
         self.taken += 1
         self.pending.append((reading, malformed))
         self._enforce_bound()

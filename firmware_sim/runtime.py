@@ -14,6 +14,7 @@ import contextlib
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,9 +52,13 @@ class SimClock:
             raise ValueError("speed must be positive")
         self._wall = wall
         self._monotonic = monotonic
-        self.start = min(start, wall())
         self.speed = speed
-        self._m0 = monotonic()
+        self.anchor(start)
+
+    def anchor(self, start: float) -> None:
+        """Start (again) at ``start``, from this real instant."""
+        self.start = min(start, self._wall())
+        self._m0 = self._monotonic()
 
     def now(self) -> float:
         return min(self.start + (self._monotonic() - self._m0) * self.speed, self._wall())
@@ -108,6 +113,16 @@ class SimStats:
     backlog: int = 0
     max_lag_s: float = 0.0
     """Largest delay, in simulated seconds, between a report instant and its readings leaving."""
+    max_start_delay_s: float = 0.0
+    """Largest delay, in simulated seconds, before the scheduler began a report instant's work
+    (growing values mean the simulator cannot keep up)."""
+    max_lag_connected_s: float = 0.0
+    """The same, counted only once every device had connected (start-up excluded)."""
+    lag_p50_s: float = 0.0
+    lag_p99_s: float = 0.0
+    """Median and 99th percentile of the lag over the last 10,000 report instants."""
+    all_connected_after_s: float | None = None
+    """Real seconds from start until every device was connected the first time."""
     sim_start: str = ""
     sim_end: str = ""
     real_seconds: float = 0.0
@@ -118,7 +133,8 @@ class SimStats:
 
 @dataclass
 class SimConfig:
-    start: datetime
+    start: datetime | None = None
+    """None: the wall-clock time when the simulator starts running."""
     speed: float = 1.0
     interval_s: float = 60.0
     seed: int = 0
@@ -143,7 +159,7 @@ class Simulator:
         self.orchard = orchard
         self.config = config
         self.on_reading = on_reading
-        self.clock = SimClock(config.start.timestamp(), config.speed)
+        self.clock = SimClock((config.start or datetime.now(UTC)).timestamp(), config.speed)
         start = datetime.fromtimestamp(self.clock.start, UTC)
         self.model = OrchardModel(orchard, start=start, seed=config.seed, weather=weather)
         self.faults = FaultInjector(self.model.node_ids, faults or {}, seed=config.seed)
@@ -201,23 +217,23 @@ class Simulator:
         bats, rssis = s.battery.tolist(), s.rssi.tolist()
         sent, lost = faulted.sent.tolist(), faulted.lost.tolist()
         malformed, skew = faulted.malformed.tolist(), faulted.skew_s.tolist()
-        ts = datetime.fromtimestamp(t, UTC)
-        construct = Reading.model_construct
+        ts = datetime.fromtimestamp(t, UTC).isoformat()
+        hook = self.on_reading
         for j, node in enumerate(self.sensors):
             if not sent[j]:
                 continue  # battery empty: the node is silent
-            reading = construct(
-                ts=ts if not skew[j] else datetime.fromtimestamp(t + skew[j], UTC),
-                seq=node.next_seq(),
-                temperature=temps[j],
-                humidity=hums[j],
-                soil_moisture=soils[j],
-                maturity=mats[j],
-                battery=bats[j],
-                rssi=rssis[j],
-            )
-            if self.on_reading is not None:
-                self.on_reading(node.node_id, reading)
+            reading = {
+                "ts": ts if not skew[j] else datetime.fromtimestamp(t + skew[j], UTC).isoformat(),
+                "seq": node.next_seq(),
+                "temperature": temps[j],
+                "humidity": hums[j],
+                "soil_moisture": soils[j],
+                "maturity": mats[j],
+                "battery": bats[j],
+                "rssi": rssis[j],
+            }
+            if hook is not None:
+                hook(node.node_id, Reading.model_validate(reading))
             if lost[j]:
                 node.taken += 1
                 self.stats.readings_lost_radio += 1
@@ -240,6 +256,8 @@ class Simulator:
         """Run until ``stop`` is set (or ``duration_s`` real seconds passed), then shut down."""
         real0 = time.monotonic()
         cfg = self.config
+        if cfg.start is None:
+            self.clock.anchor(time.time())
         log.info(
             "simulating %d sensor nodes and %d valve controllers from %s at %gx, a reading every %g s",
             len(self.sensors),
@@ -252,6 +270,7 @@ class Simulator:
         connecting = [asyncio.create_task(d.run_connection(stop, gate)) for d in self.devices]
         self.stats.sim_start = datetime.fromtimestamp(self.clock.start, UTC).isoformat()
         k = 0
+        lags: deque[float] = deque(maxlen=10_000)
         last_log = time.monotonic()
         try:
             while not stop.is_set():
@@ -265,12 +284,22 @@ class Simulator:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
                     continue  # re-check stop, duration and the clock
+                self.stats.max_start_delay_s = max(
+                    self.stats.max_start_delay_s, self.clock.now() - t
+                )
                 self._tick(t)
                 k += 1
                 self.stats.ticks = k
                 self.stats.sim_end = datetime.fromtimestamp(t, UTC).isoformat()
                 await asyncio.sleep(0)  # let the connections breathe between ticks
-                self.stats.max_lag_s = max(self.stats.max_lag_s, self.clock.now() - t)
+                lag = self.clock.now() - t
+                self.stats.max_lag_s = max(self.stats.max_lag_s, lag)
+                if self.stats.all_connected_after_s is None:
+                    if all(d.connects for d in self.devices):
+                        self.stats.all_connected_after_s = time.monotonic() - real0
+                else:
+                    self.stats.max_lag_connected_s = max(self.stats.max_lag_connected_s, lag)
+                lags.append(lag)
                 if time.monotonic() - last_log >= STATS_LOG_INTERVAL_S:
                     last_log = time.monotonic()
                     self._collect()
@@ -292,6 +321,10 @@ class Simulator:
                 task.cancel()
             await asyncio.gather(*connecting, return_exceptions=True)
             self._collect()
+            if lags:
+                ordered = sorted(lags)
+                self.stats.lag_p50_s = ordered[len(ordered) // 2]
+                self.stats.lag_p99_s = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
             self.stats.real_seconds = time.monotonic() - real0
             log.info("simulator stopped: %s", self.stats.as_dict())
         return self.stats

@@ -130,6 +130,19 @@ class Weather:
         self._front_amplitudes = rng.uniform(1.2, 2.3, 4)
         # Wet and dry spells: rain probability swings on a ~3-week wave.
         self._wet_phase = float(rng.uniform(0.0, 2 * np.pi))
+        self._draws: dict[int, tuple[float, ...]] = {}
+
+    def _day_draws(self, ordinal: int) -> tuple[float, ...]:
+        """The random numbers of one day, shared by every block of the farm."""
+        cached = self._draws.get(ordinal)
+        if cached is None:
+            day_rng = np.random.default_rng([self.seed, ordinal])
+            normal = day_rng.normal(0.0, 1.0, 3)
+            uniform = day_rng.uniform(0.0, 1.0, 3)
+            amount = day_rng.exponential(8.0)  # ESTIMATE: mean 8 mm per rain day
+            cached = (*normal.tolist(), *uniform.tolist(), float(amount))
+            self._draws[ordinal] = cached
+        return cached
 
     def daily(self, site: Site, first: date, days: int) -> DailyWeather:
         """Daily weather at ``site`` for ``days`` local dates from ``first``."""
@@ -151,19 +164,8 @@ class Weather:
         ):
             fronts += amp * np.sin(2 * np.pi * ordinals / period + phase)
 
-        noise = np.empty(days)
-        u_wet = np.empty(days)
-        amount = np.empty(days)
-        rain_start = np.empty(days)
-        rain_hours = np.empty(days)
-        dtr_noise = np.empty(days)
-        dew_noise = np.empty(days)
-        for i, ordinal in enumerate(ordinals):
-            day_rng = np.random.default_rng([self.seed, int(ordinal)])
-            noise[i], dtr_noise[i], dew_noise[i] = day_rng.normal(0.0, 1.0, 3)
-            u_wet[i], rain_start[i], rain_hours[i] = day_rng.uniform(0.0, 1.0, 3)
-            amount[i] = day_rng.exponential(8.0)  # ESTIMATE: mean 8 mm per rain day
-
+        draws = np.array([self._day_draws(int(o)) for o in ordinals]).reshape(days, 7)
+        noise, dtr_noise, dew_noise, u_wet, rain_start, rain_hours, amount = draws.T
         p_wet = np.clip(0.22 + 0.15 * np.sin(2 * np.pi * ordinals / 23.0 + self._wet_phase), 0, 1)
         wet = u_wet < p_wet
         rain = np.where(wet, np.maximum(amount, 0.5), 0.0)
