@@ -45,6 +45,8 @@ from control.engine import (
     IrrigationDecision,
     evaluate,
 )
+from control.harvest.config import HarvestConfig
+from control.harvest.shop import url_secrets as harvest_url_secrets
 from control.store import (
     alarm,
     alarm_event,
@@ -99,6 +101,7 @@ class ControlSettings(OrchardSettings):
     sim_speed: float = Field(default=1.0, gt=0, description="Set by `make up` for the simulator")
     commands: CommandSettings = CommandSettings()
     webhook: WebhookSettings = WebhookSettings()
+    harvest: HarvestConfig = HarvestConfig()
 
     @property
     def clock_kind(self) -> str:
@@ -134,9 +137,11 @@ class TickReport:
     query_s: float = 0.0
 
 
-def default_evaluators() -> list[Evaluator]:
+def default_evaluators(settings: ControlSettings | None = None) -> list[Evaluator]:
     """Per-tick evaluators beyond the engine. Harvest readiness plugs in here."""
-    return []
+    from control.harvest.hook import HarvestEvaluator
+
+    return [HarvestEvaluator(settings.harvest if settings is not None else None)]
 
 
 class ControlService:
@@ -159,7 +164,9 @@ class ControlService:
             self.clock = DataClock(self.influx, self.farm)
         else:
             self.clock = WallClock()
-        self.dispatcher = WebhookDispatcher(self.engine, settings.webhook)
+        self.dispatcher = WebhookDispatcher(
+            self.engine, settings.webhook, url_secrets=harvest_url_secrets(settings.harvest)
+        )
         self.webhooks = WebhookSender(self.engine, settings.webhook, self.dispatcher)
         self.alarms = Alarms(self.engine, notify=self._notify_alarm)
         self.thresholds = Thresholds(self.engine, self.orchard)
@@ -171,7 +178,7 @@ class ControlService:
             farm=self.farm,
             listener=self._on_command,
         )
-        self.evaluators: list[Evaluator] = default_evaluators()
+        self.evaluators: list[Evaluator] = default_evaluators(settings)
         self._pending_lines: list[str] = []
 
     # --- clock ---------------------------------------------------------------------------
