@@ -22,6 +22,7 @@ from control.harvest import (
     HarvestConfig,
     HarvestEngine,
     ReadinessState,
+    block_states,
     list_lots,
     mark_harvested,
 )
@@ -220,3 +221,56 @@ async def test_control_loop_hook_matches_the_replay(
         (e.day, e.state, e.forecast) for e in expected
     ]
     assert ReadinessState.READY in {r.state for r in got}
+
+
+async def test_service_evaluator_follows_agronomist_overrides(
+    influx: SyncInfluxClient, influx_db: InfluxSettings, tmp_path: Path
+) -> None:
+    """Through control's per-tick hook: an override of the harvest threshold is obeyed."""
+    from control.harvest import HarvestEvaluator
+    from control.service import TickContext
+    from control.thresholds import Thresholds
+    from control.webhooks import WebhookSender, WebhookSettings
+
+    orchard = demo_subset(("cherry-north",))
+    tz = ZoneInfo(orchard.farm.timezone)
+    truth = ready_dates(orchard, seed=SEED)["cherry-north"]
+    assert truth is not None
+    start, end = season_span(orchard, {"cherry-north": truth}, after_days=4)
+    load_season(influx, orchard, start, end, seed=SEED, step_s=3600)
+    engine = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    thresholds = Thresholds(engine, orchard)
+    thresholds.set_overrides(
+        "cherry-north", {"harvest_threshold": 19.0}, who="agronomist", reason="export market"
+    )
+    evaluator = HarvestEvaluator(HarvestConfig(evaluate_every_s=3600))
+    client = InfluxClient(influx_db)
+    as_of = datetime.combine(end.astimezone(tz).date(), time(0), tz)
+
+    async def tick(now: datetime) -> None:
+        await evaluator(
+            TickContext(
+                now=now,
+                orchard=orchard,
+                engine=engine,
+                alarms=Alarms(engine),
+                thresholds=thresholds.effective_all(now.date()),
+                influx=client,
+                result=None,
+                webhooks=WebhookSender(engine, WebhookSettings()),
+            )
+        )
+
+    try:
+        await tick(as_of)
+        assert evaluator.harvest is not None
+        state = block_states(engine, orchard.farm.id)[0]
+        assert state["state"] != "ready"
+        assert "soluble solids 19" in " ".join(state["evidence"]["reasons"])
+        thresholds.set_overrides("cherry-north", {"harvest_threshold": None}, who="agronomist")
+        await tick(as_of + timedelta(hours=1))
+        state = block_states(engine, orchard.farm.id)[0]
+        # One hour into a new local day: that day is the first ready day.
+        assert state["state"] == "ready" and state["ready_on"] == as_of.date()
+    finally:
+        await client.aclose()
