@@ -71,6 +71,12 @@ SETTLE_AFTER_RUN_S = 4 * 3600  # ESTIMATE
 RAIN_RISE = 0.015  # m³/m³, ESTIMATE: several times probe noise
 RAIN_WINDOW_S = 3 * 3600
 RAINING_RH = 95.0  # %RH with rising soil: raining now (ESTIMATE)
+# A reading stands for its node until the next one, for at most this long: readings every
+# few minutes then fill one-minute bins, and a silent node stops counting soon after.
+HOLD_S = 15 * 60  # ESTIMATE
+# Irrigation needs at least this many healthy soil sensors (fewer if the block has fewer):
+# one probe is not enough evidence, e.g. a stuck one before it is recognised as stuck.
+MIN_SOIL_SENSORS = 2
 
 
 @dataclass
@@ -291,11 +297,23 @@ def _per_block(x: F64, node_block: npt.NDArray[np.int64], n_blocks: int, how: st
     return out
 
 
+def hold_forward(x: F64, times: F64, max_s: float) -> F64:
+    """Carry each node's last value over gaps up to ``max_s`` (bins without a reading)."""
+    if x.size == 0:
+        return x
+    valid = ~np.isnan(x)
+    idx = np.where(valid, np.arange(x.shape[1]), -1)
+    last = np.maximum.accumulate(idx, axis=1)
+    held = np.take_along_axis(x, np.clip(last, 0, None), axis=1)
+    age = times[None, :] - times[np.clip(last, 0, None)]
+    return np.where(valid, x, np.where((last >= 0) & (age <= max_s), held, np.nan))
+
+
 def block_aggregates(grid: Grid, health: Health) -> dict[str, F64]:
     nb = len(grid.blocks)
     clean = {
-        name: np.where(
-            health.faulty.get(name, np.zeros_like(grid.field(name), bool)), np.nan, grid.field(name)
+        name: hold_forward(
+            np.where(health.faulty[name], np.nan, grid.field(name)), grid.times_s, HOLD_S
         )
         for name in ("soil_moisture", "temperature", "humidity")
     }
@@ -442,7 +460,7 @@ def evaluate(
             BATTERY_AFTER_S,
             severity="warning",
         ),
-        grid.field("battery"),
+        hold_forward(grid.field("battery"), times, HOLD_S),
         nodes,
         block_of_node,
         lambda s, v, kind: (
@@ -459,7 +477,7 @@ def evaluate(
     _block_rules(emit, agg, table, blocks)
 
     # -- irrigation -------------------------------------------------------------------------
-    decisions, rain_events = _irrigation(agg, table, state, times, since_s)
+    decisions, rain_events = _irrigation(agg, grid.node_block, table, state, times, since_s)
 
     snapshot: dict[str, dict[str, float]] = {}
     for b, block in enumerate(blocks):
@@ -635,6 +653,7 @@ def _block_rules(emit: Any, agg: dict[str, F64], table: BlockTable, blocks: list
 
 def _irrigation(
     agg: dict[str, F64],
+    node_block: npt.NDArray[np.int64],
     table: BlockTable,
     state: EngineState,
     times: F64,
@@ -662,6 +681,7 @@ def _irrigation(
     rain_now = rise >= RAIN_RISE
     with np.errstate(invalid="ignore"):
         raining = (rh >= RAINING_RH) & (rise > RAIN_RISE / 3)
+    nodes_in_block = np.bincount(node_block, minlength=len(table.blocks))
     for b, block in enumerate(table.blocks):
         th = table.thresholds[b]
         bid = block.id
@@ -701,6 +721,25 @@ def _irrigation(
                 "humidity": None if rh[b, i] != rh[b, i] else round(float(rh[b, i]), 1),
                 "rain_lockout_until_s": None if rain_until == -np.inf else rain_until,
             }
+            needed = min(MIN_SOIL_SENSORS, nodes_in_block[b])
+            if healthy[b, i] < needed:
+                code = "skip_few_sensors"
+                if state.last_code.get(bid) != code:
+                    decisions.append(
+                        IrrigationDecision(
+                            t,
+                            bid,
+                            "skip",
+                            code,
+                            f"Soil in {bid} reads {theta:.3f} m³/m³, below the "
+                            f"{th['soil_trigger']:.3f} trigger, but only {int(healthy[b, i])} "
+                            f"healthy soil sensor(s) agree (at least {needed} needed): not "
+                            "irrigating on one probe's word. Check the other sensors.",
+                            inputs,
+                        )
+                    )
+                    state.last_code[bid] = code
+                continue
             if t < rain_until or raining[b, i]:
                 code = "skip_rain"
                 hours = max(0.0, (rain_until - t) / 3600.0)
