@@ -57,7 +57,8 @@ def main(argv: Sequence[str] = ()) -> int:
                 boards = [build() for build in DASHBOARDS.values()]
                 verify(client, boards, now)  # warm-up: caches, series index
                 for board in boards:
-                    totals, slowest = [], {}
+                    totals: list[float] = []
+                    slowest: dict[str, list[float]] = {}
                     for _ in range(args.runs):
                         checks = verify(client, [board], now)
                         errors = [c for c in checks if c.error]

@@ -123,6 +123,14 @@ def format_values(values: Sequence[str]) -> str:
     return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
 
 
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    # A function, not a replacement string: values may hold backslashes (regex escapes).
+    def replace(_match: re.Match[str]) -> str:
+        return text
+
+    return replace
+
+
 def expand(
     query: str,
     *,
@@ -139,13 +147,12 @@ def expand(
         values = variables[name]
         if not values:
             raise ValueError(f"variable ${name} has no value selected")
-        text = format_values(values)
-        out = re.sub(
-            r"\$\{" + re.escape(name) + r"\}|\[\[" + re.escape(name) + r"\]\]",
-            lambda _m, t=text: t,
-            out,
+        # Grafana's three forms: $name, ${name} and the deprecated [[name]].
+        pattern = (
+            r"\$\{" + re.escape(name) + r"\}|\[\[" + re.escape(name) + r"\]\]"
+            r"|\$" + re.escape(name) + r"(?![A-Za-z0-9_])"
         )
-        out = re.sub(r"\$" + re.escape(name) + r"(?![A-Za-z0-9_])", lambda _m, t=text: t, out)
+        out = re.sub(pattern, _literal(format_values(values)), out)
     leftover = re.search(r"\$[A-Za-z_]\w*", out)
     if leftover:
         raise ValueError(f"unresolved variable {leftover.group(0)} in {out!r}")

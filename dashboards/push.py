@@ -55,12 +55,12 @@ def dashboard_payload(board: JSON, target: PushTarget, message: str) -> JSON:
 
 def ensure_folder(api: GrafanaApi, target: PushTarget) -> None:
     try:
-        api.folder.get_folder(target.folder_uid)
+        api.folder.get_folder(target.folder_uid)  # type: ignore[no-untyped-call]
     except GrafanaClientError as exc:
         if exc.status_code != 404:
             raise
         log.info("creating Grafana folder %s (%s)", target.folder_title, target.folder_uid)
-        api.folder.create_folder(target.folder_title, uid=target.folder_uid)
+        api.folder.create_folder(target.folder_title, uid=target.folder_uid)  # type: ignore[no-untyped-call]
 
 
 def push(

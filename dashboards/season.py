@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from statistics import median
+from typing import Any
 
 from control.harvest.engine import readiness_point
 from control.harvest.forecast import Forecast
@@ -124,21 +125,22 @@ def _lot(
 ) -> Lot:
     # Only what listing_point reads; model_construct keeps this independent of the lot's
     # other fields (window, evidence, texts), which harvest may extend.
-    return Lot.model_construct(
-        lot=lot,
-        farm=farm,
-        block=block,
-        crop=crop,
-        variety=variety,
-        state="draft",
-        quantity_kg_estimated=quantity,
-        quantity_kg_corrected=None,
-        grade="A",
-        version=1,
-        created_at=at,
-        updated_at=at,
-        published_at=None,
-    )
+    fields: dict[str, Any] = {
+        "lot": lot,
+        "farm": farm,
+        "block": block,
+        "crop": crop,
+        "variety": variety,
+        "state": "draft",
+        "quantity_kg_estimated": quantity,
+        "quantity_kg_corrected": None,
+        "grade": "A",
+        "version": 1,
+        "created_at": at,
+        "updated_at": at,
+        "published_at": None,
+    }
+    return Lot.model_construct(**fields)
 
 
 def build_season(
@@ -331,25 +333,27 @@ def build_season(
         # A heat alarm raised as minor, escalated to major, then cleared: severity is a
         # tag, so the alarm's points span two series.
         raised = start + timedelta(days=3, hours=14)
-        for minutes, severity, state, event, message, value in (
+        for minutes, severity, alarm_state, event, message, value in (
             (0, "minor", "active_unack", "raised", "heat stress: 35.1 °C for 30 min", 35.1),
             (30, "major", "active_unack", "escalated", "heat stress: 36.2 °C for 60 min", 36.2),
             (180, "major", "cleared_unack", "cleared", "back below 33 °C", 32.5),
         ):
-            tags = {
+            alarm_tags = {
                 "farm": farm,
                 "block": block.id,
                 "type": "heat",
                 "severity": severity,
                 "subject": block.id,
             }
-            fields: dict[str, FieldValue | None] = {
-                "state": state,
+            alarm_fields: dict[str, FieldValue | None] = {
+                "state": alarm_state,
                 "event": event,
                 "message": message,
                 "value": value,
             }
-            lines.append(_point("alarm", tags, fields, raised + timedelta(minutes=minutes)))
+            lines.append(
+                _point("alarm", alarm_tags, alarm_fields, raised + timedelta(minutes=minutes))
+            )
         if b_index == 0:
             stuck = {
                 "farm": farm,

@@ -186,9 +186,9 @@ def test_placeholders_are_refused_outside_demo(
     monkeypatch.setenv("ORCHARD_DEMO", "false")
     # pydantic wraps the validator's PlaceholderSecretError in its ValidationError.
     with pytest.raises(ValidationError, match="placeholder secrets in device_secret"):
-        BrokerInitSettings()  # type: ignore[call-arg]
+        BrokerInitSettings()
     monkeypatch.setenv("ORCHARD_DEMO", "true")
-    assert BrokerInitSettings().demo  # type: ignore[call-arg]
+    assert BrokerInitSettings().demo
 
 
 def _module_exists(module: str) -> bool:
@@ -320,7 +320,7 @@ def test_compose_broker_config_runs_with_broker_init_accounts(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     orchard = load_orchard(PROJECT_ROOT / "config" / "orchard.toml")
-    written, kept = write_broker_passwords(BrokerInitSettings())  # type: ignore[call-arg]
+    written, kept = write_broker_passwords(BrokerInitSettings())
     assert written == 3 + len(orchard.all_nodes()) and kept == 1
     assert set(read_password_file(passwd)) == {
         "api-made-node",
@@ -374,9 +374,9 @@ def test_compose_broker_config_runs_with_broker_init_accounts(
         )
         refused = _pub(port, node, "wrong-password", own)
         assert refused.returncode != 0 and "not authori" in refused.stderr
-        assert (tmp_path / "broker-auth" / "mosquitto.pid").read_text().strip() == str(
-            broker.process.pid
-        )  # type: ignore[union-attr]
+        assert broker.process is not None
+        pid_file = tmp_path / "broker-auth" / "mosquitto.pid"
+        assert pid_file.read_text().strip() == str(broker.process.pid)
     finally:
         broker.stop()
     assert "Error" not in broker.tail(), broker.tail()

@@ -161,10 +161,11 @@ def test_overview_shows_every_block_against_its_thresholds(
     assert set(margin) == set(progress) == blocks
     # The panels' arithmetic matches the last block state control wrote, block by block.
     for block, state in season.latest_state.items():
-        assert margin[block] == pytest.approx(state["soil_moisture"] - state["trigger"])  # type: ignore[operator]
+        value = {k: float(v) for k, v in state.items() if isinstance(v, int | float)}
+        assert margin[block] == pytest.approx(value["soil_moisture"] - value["trigger"])
         assert progress[block] == pytest.approx(
-            100 * state["maturity"] / state["maturity_threshold"]
-        )  # type: ignore[operator]
+            100 * value["maturity"] / value["maturity_threshold"]
+        )
     first = season.orchard.blocks[0].id
 
     # Only the alarm still open is listed after Grafana's filter: the table query itself
@@ -290,6 +291,6 @@ def test_irrigation_water_counts_each_run_once(season_db: tuple[SyncInfluxClient
         (s.tags["block"], s.tags["valve"]): sum(v for _, v in s.values) for s in _run(client, query)
     }
     runs = {b: sum(1 for blk, _, _ in season.irrigations if blk == b) for b in expected}
-    for block in season.orchard.blocks:
-        for valve in block.valves:
-            assert depth[(block.id, valve)] == pytest.approx(7.0 * runs[block.id])
+    for spec in season.orchard.blocks:
+        for valve in spec.valves:
+            assert depth[(spec.id, valve)] == pytest.approx(7.0 * runs[spec.id])
