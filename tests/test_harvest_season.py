@@ -222,6 +222,24 @@ async def test_control_loop_hook_matches_the_replay(
     ]
     assert ReadinessState.READY in {r.state for r in got}
 
+    # Listing already when ready soon: the lot exists before the block is ready, with the
+    # forecast date as window start and the quantity "ready" will mean; then it follows.
+    early_state = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    early = HarvestEngine(orchard, early_state, HarvestConfig(list_when="ready_soon"))
+    first_soon = next(e.day for e in expected if e.state is ReadinessState.READY_SOON)
+    soon = replay(early, influx, days[0], first_soon)
+    record = soon.days["cherry-north"][-1]
+    (listed,) = list_lots(early_state)
+    block = orchard.block("cherry-north")
+    assert listed.window_start == record.forecast
+    assert listed.quantity_kg == block.trees * block.crop_profile.yield_kg_per_tree * 0.75
+    assert listed.evidence["state"] == "ready_soon"
+    ready_day = next(e.day for e in expected if e.state is ReadinessState.READY)
+    replay(early, influx, first_soon + timedelta(days=1), ready_day)
+    (followed,) = list_lots(early_state)
+    assert followed.lot == listed.lot and followed.version > listed.version
+    assert followed.window_start == ready_day and followed.evidence["state"] == "ready"
+
 
 async def test_service_evaluator_follows_agronomist_overrides(
     influx: SyncInfluxClient, influx_db: InfluxSettings, tmp_path: Path
