@@ -113,7 +113,7 @@ class DeviceLink:
         self.outbox = _Outbox(self._acked, self._discarded)
         will = gmqtt.Message(
             address.topic(Kind.STATUS),
-            Status(node=self.node_id, state="offline", kind=self.kind, firmware=FIRMWARE)  # type: ignore[arg-type]
+            Status(node=self.node_id, state="offline", kind=self.kind, firmware=FIRMWARE)
             .model_dump_json(exclude_none=True)
             .encode(),
             qos=1,
@@ -133,8 +133,8 @@ class DeviceLink:
         return (
             Status(
                 node=self.node_id,
-                state=state,  # type: ignore[arg-type]
-                kind=self.kind,  # type: ignore[arg-type]
+                state=state,
+                kind=self.kind,
                 firmware=FIRMWARE,
                 ts=datetime.fromtimestamp(self.clock(), UTC),
             )

@@ -261,8 +261,11 @@ class OrchardModel:
         node_tmin = tmin[nb] + self.t_offset[:, None]
         node_tmax = tmax[nb] + self.t_offset[:, None]
         gdd = growing_degree_days(
-            node_tmin, node_tmax, self.gdd_base[:, None], self.gdd_cut[:, None]
-        )  # type: ignore[type-var]
+            node_tmin,
+            node_tmax,
+            self.gdd_base[:, None],  # type: ignore[arg-type]
+            self.gdd_cut[:, None],  # type: ignore[arg-type]
+        )
         gdd = np.where(ordinals[None, :] >= bloom_ord[nb][:, None], gdd, 0.0)
         self._tmin = np.concatenate([self._tmin, tmin], axis=1)
         self._tmax = np.concatenate([self._tmax, tmax], axis=1)
@@ -294,7 +297,7 @@ class OrchardModel:
 
     def _raining(self, di: IntArray, hour: FloatArray) -> BoolArray:
         start = self._rain_start[:, di].T
-        return (  # type: ignore[no-any-return]
+        return (
             (self._rain[:, di].T > 0)
             & (hour[:, None] >= start)
             & (hour[:, None] < start + self._rain_hours[:, di].T)
@@ -317,12 +320,12 @@ class OrchardModel:
         di, hour = self._indices(times)
         self._ensure_day(int(di.max()))
         frac = (hour / 24.0)[:, None]
-        return self._gdd_cum[:, di].T + self._gdd[:, di].T * frac  # type: ignore[no-any-return]
+        return self._gdd_cum[:, di].T + self._gdd[:, di].T * frac
 
     def maturity_from_gdd(self, gdd: FloatArray) -> FloatArray:
         share = gdd * self.maturity_rate / self.gdd_target
         m = self.m_node_start + (self.m_threshold - self.m_start) * share
-        return np.clip(m, self.m_node_start, self.m_cap)  # type: ignore[no-any-return]
+        return np.clip(m, self.m_node_start, self.m_cap)
 
     def maturity(self, times: FloatArray) -> FloatArray:
         return self.maturity_from_gdd(self.gdd(times))
@@ -502,10 +505,12 @@ class OrchardModel:
         return Sample(
             t=t,
             temperature=np.round(temp + noise.normal(0.0, 0.1, shape), 2),
-            humidity=np.round(np.clip(rh + noise.normal(0.0, 0.8, shape), 0.0, 100.0), 1),
+            humidity=np.round(np.clip(rh + noise.normal(0.0, 0.8, shape), 0.0, 100.0), 1).astype(
+                np.float64
+            ),
             soil_moisture=np.round(
                 np.clip(theta + self.probe_offset + noise.normal(0.0, 0.0015, shape), 0.0, 0.8), 4
-            ),
+            ).astype(np.float64),
             maturity=np.round(maturity, 3),
             battery=np.round(
                 BATTERY_EMPTY_V

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import re
 import time
+from functools import partial
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -191,8 +192,8 @@ class Simulator:
                 block.controller,
                 block.valves,
                 max_run_s=config.max_run_s,
-                water=lambda valve, t0, t1, b=block.id: self.model.irrigate(b, valve, t0, t1),
-                stop=lambda valve, at, b=block.id: self.model.stop_irrigation(b, valve, at),
+                water=partial(self._water, block.id),
+                stop=partial(self._stop_water, block.id),
             )
             self.controllers.append(
                 ValveControllerNode(
@@ -203,6 +204,12 @@ class Simulator:
                 )
             )
         self.stats = SimStats(nodes=len(self.sensors), controllers=len(self.controllers))
+
+    def _water(self, block_id: str, valve: str, start: float, end: float) -> None:
+        self.model.irrigate(block_id, valve, start, end)
+
+    def _stop_water(self, block_id: str, valve: str, at: float) -> None:
+        self.model.stop_irrigation(block_id, valve, at)
 
     @property
     def devices(self) -> list[SensorNode | ValveControllerNode]:

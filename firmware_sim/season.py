@@ -145,7 +145,7 @@ def simulate_arrays(
     # State at each reading: the initial state, then one integration step per interval.
     substeps = max(1, math.ceil(step_s / model.max_step_s - 1e-9))
     fine = start.timestamp() + (step_s / substeps) * np.arange((steps - 1) * substeps + 1)
-    theta_after, soc_after = model.integrate(fine, record=True)
+    theta_after, soc_after = model.integrate(fine.astype(np.float64), record=True)
     theta_after, soc_after = (
         theta_after[substeps - 1 :: substeps],
         soc_after[substeps - 1 :: substeps],

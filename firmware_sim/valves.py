@@ -73,7 +73,7 @@ class ValveLogic:
             command_id=command_id,
             node=self.node_id,
             valve=valve,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             reason=reason[:200] if reason else None,
             ts=datetime.fromtimestamp(now, UTC),
         )

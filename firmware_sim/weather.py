@@ -233,16 +233,16 @@ def diurnal_temperature(
         t_max_prev
         - (t_max_prev - t_min) * (1.0 - np.cos(np.pi * (hour + 24.0 - PEAK_H) / span)) / 2.0
     )
-    return np.where(hour < SUNRISE_H, night, np.where(hour < PEAK_H, rising, falling))  # type: ignore[no-any-return]
+    return np.where(hour < SUNRISE_H, night, np.where(hour < PEAK_H, rising, falling))
 
 
 def relative_humidity(t_air: FloatArray, dewpoint: FloatArray) -> FloatArray:
     """RH from air temperature and dew point: falls as the air warms over a fixed dew point."""
     rh = 100.0 * sat_vapour_pressure(dewpoint) / sat_vapour_pressure(t_air)
-    return np.clip(rh, 5.0, 100.0)  # type: ignore[no-any-return]
+    return np.clip(rh, 5.0, 100.0)
 
 
 def daylight_shape(hour: FloatArray) -> FloatArray:
     """Share of a day's radiation-driven flux per hour (integrates to 1 over the day)."""
     inside = (hour > SUNRISE_H) & (hour < SUNRISE_H + 12.0)
-    return np.where(inside, (np.pi / 24.0) * np.sin(np.pi * (hour - SUNRISE_H) / 12.0), 0.0)  # type: ignore[no-any-return]
+    return np.where(inside, (np.pi / 24.0) * np.sin(np.pi * (hour - SUNRISE_H) / 12.0), 0.0)
