@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from control.commands import CommandSettings
 from control.harvest.config import HarvestConfig
 from control.webhooks import WebhookSettings
 from orchard.settings import PROJECT_ROOT, OrchardSettings
@@ -55,7 +57,17 @@ class ApiSettings(OrchardSettings):
     # (ORCHARD_HARVEST__SHOP_WEBHOOK_URL / _SECRET, retry policy ORCHARD_WEBHOOK__*).
     harvest: HarvestConfig = HarvestConfig()
     webhook: WebhookSettings = WebhookSettings()
+    commands: CommandSettings = CommandSettings()
+    # The control service's clock, for the times a manual command carries (see control.clock).
+    control_clock: Literal["auto", "wall", "data"] = "auto"
+    sim_speed: float = Field(default=1.0, gt=0, description="Set by `make up` for the simulator")
     readiness_timeout_s: float = Field(default=2.0, gt=0, le=30)
+
+    @property
+    def clock_kind(self) -> str:
+        if self.control_clock == "auto":
+            return "data" if self.demo and self.sim_speed > 1 else "wall"
+        return self.control_clock
 
     def broker_conf_path(self) -> Path:
         return self.broker_conf or self.broker_passwd_file.parent / "mosquitto.conf"

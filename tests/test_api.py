@@ -157,6 +157,8 @@ PROBES: dict[Permission, tuple[str, str, dict[str, object] | None]] = {
     ),
     Permission.thresholds_write: ("PATCH", f"/api/v1/blocks/{BLOCK}/thresholds", {"values": {}}),
     Permission.alarms_write: ("POST", "/api/v1/alarms/999999/ack", None),
+    Permission.irrigation_write: ("POST", "/api/v1/irrigation/commands/cmd-unknown1/cancel", None),
+    Permission.backtest_run: ("POST", f"/api/v1/blocks/{BLOCK}/backtest", {"overrides": {"x": 1}}),
     Permission.devices_admin: ("GET", "/api/v1/devices", None),
     Permission.tokens_admin: ("GET", "/api/v1/tokens", None),
 }
@@ -638,3 +640,35 @@ def test_irrigation_decisions_and_commands(api: Api) -> None:
         assert one["valve"] == "apple-east-v1"
         assert c.get("/api/v1/irrigation/commands/cmd-99999999").status_code == 404
         assert c.get("/api/v1/irrigation/commands/x'%20OR%201").status_code == 422
+
+
+def test_manual_irrigation_is_capped_and_goes_through_the_command_lifecycle(api: Api) -> None:
+    path = f"/api/v1/blocks/{BLOCK}/irrigation/manual"
+    with api.client("agronomist") as c:
+        cap = c.get(f"/api/v1/blocks/{BLOCK}/thresholds").json()["values"]["max_run_min"]["value"]
+        too_long = c.post(path, json={"valve": "apple-east-v1", "duration_min": cap + 1})
+        assert too_long.status_code == 422
+        assert f"max_run_min of {cap:g}" in too_long.json()["detail"]
+        wrong_valve = c.post(path, json={"valve": "cherry-north-v1", "duration_min": 5})
+        assert wrong_valve.status_code == 422 and "apple-east-v1" in wrong_valve.json()["detail"]
+        assert c.post(path, json={"valve": "apple-east-v1", "duration_min": 0}).status_code == 422
+        r = c.post(path, json={"valve": "apple-east-v1", "duration_min": 12.5, "reason": "flush"})
+        assert r.status_code == 201, r.text
+        cmd = r.json()
+        assert cmd["state"] == "queued" and cmd["duration_s"] == 750
+        assert cmd["node"] == "apple-east-ctl" and cmd["created_by"] == "test-agronomist"
+        assert cmd["reason"] == "manual by test-agronomist: flush"
+        issued = datetime.fromisoformat(cmd["issued_at"])
+        assert abs((issued - datetime.now(UTC)).total_seconds()) < 60  # wall clock outside demos
+        listed = c.get("/api/v1/irrigation/commands", params={"state": "open"}).json()
+        assert cmd["command_id"] in [x["command_id"] for x in listed]
+        cancel = c.post(f"/api/v1/irrigation/commands/{cmd['command_id']}/cancel")
+        assert cancel.status_code == 200 and cancel.json()["state"] == "cancelled"
+        again = c.post(f"/api/v1/irrigation/commands/{cmd['command_id']}/cancel")
+        assert again.status_code == 409
+    with api.client("operator") as o:
+        assert o.post(path, json={"valve": "apple-east-v1", "duration_min": 5}).status_code == 403
+
+
+def test_role_matrix_covers_every_permission() -> None:
+    assert set(PROBES) == set(Permission)

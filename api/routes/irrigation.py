@@ -1,8 +1,8 @@
 """Irrigation: decisions with their reasons, valve commands with their lifecycle.
 
-Read straight from control's tables (``control.store``); a manual command is added
-through control's own command function when it is available, so the lifecycle has
-one owner.
+Decisions are read from control's table; commands go through ``control.commands``
+(the manual command too), so their lifecycle has one owner: the control service
+delivers a queued manual command like its own.
 """
 
 from __future__ import annotations
@@ -12,13 +12,27 @@ from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Query
-from pydantic import BaseModel
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import EngineDep, OrchardDep, Reader
+from api.deps import EngineDep, InfluxDep, IrrigationWriter, OrchardDep, Reader, SettingsDep
 from api.queries import utc
 from api.routes.layout import BlockId, find_block
 from api.schemas import ERRORS, NOT_FOUND, ErrorBody
-from control.store import COMMAND_STATES, irrigation_decision, valve_command
+from api.settings import ApiSettings
+from control.clock import DataClock, WallClock
+from control.commands import (
+    Command,
+    CommandNotFound,
+    cancel_command,
+    get_command,
+    list_commands,
+    queue_command,
+)
+from control.store import COMMAND_STATES, irrigation_decision
+from control.thresholds import Thresholds
+from orchard.ids import Identifier
+from orchard.influx import InfluxClient
 
 router = APIRouter(prefix="/api/v1", tags=["irrigation"], responses=ERRORS)
 
@@ -41,32 +55,6 @@ class Decision(BaseModel):
     duration_s: int | None
     water_m3: float | None
     command_ids: list[str] | None
-
-
-class Command(BaseModel):
-    command_id: str
-    farm: str
-    block: str
-    node: str
-    valve: str
-    action: str
-    duration_s: int
-    depth_mm: float | None
-    state: CommandState
-    attempts: int
-    max_attempts: int
-    issued_at: datetime
-    expires_at: datetime
-    sent_at: datetime | None
-    acknowledged_at: datetime | None
-    completed_at: datetime | None
-    finished_at: datetime | None
-    reason: str | None
-    error: str | None
-    decision_id: int | None
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
 
 
 Since = Annotated[datetime | None, Query(description="From (ISO 8601)")]
@@ -111,21 +99,16 @@ def commands(
     _: Reader,
     engine: EngineDep,
     block: Annotated[str | None, Query(pattern=r"^[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?$")] = None,
-    state: Annotated[CommandState | None, Query()] = None,
-    since: Since = None,
+    state: Annotated[
+        CommandState | Literal["open"] | None,
+        Query(description="A lifecycle state, or 'open' (queued, sent or acknowledged)"),
+    ] = None,
     limit: Limit = 100,
 ) -> list[Command]:
-    t = valve_command
-    q = sa.select(t)
-    if block is not None:
-        q = q.where(t.c.block == block)
-    if state is not None:
-        q = q.where(t.c.state == state)
-    if since is not None:
-        q = q.where(t.c.created_at >= utc(since))
-    with engine.connect() as conn:
-        rows = conn.execute(q.order_by(t.c.created_at.desc()).limit(limit)).all()
-    return [Command.model_validate(dict(r._mapping)) for r in rows]
+    return list_commands(engine, block=block, state=state, limit=limit)
+
+
+CommandId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 
 
 @router.get(
@@ -133,15 +116,110 @@ def commands(
     summary="One valve command",
     responses={404: {"model": ErrorBody}},
 )
-def command(
-    command_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,64}$")],
-    _: Reader,
-    engine: EngineDep,
+def command(command_id: CommandId, _: Reader, engine: EngineDep) -> Command:
+    try:
+        return get_command(engine, command_id)
+    except CommandNotFound:
+        raise HTTPException(404, f"no command {command_id!r}") from None
+
+
+@router.post(
+    "/irrigation/commands/{command_id}/cancel",
+    summary="Withdraw a command that its controller has not acknowledged yet",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+def command_cancel(
+    command_id: CommandId, principal: IrrigationWriter, engine: EngineDep
 ) -> Command:
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(valve_command).where(valve_command.c.command_id == command_id)
-        ).first()
-    if row is None:
-        raise HTTPException(404, f"no command {command_id!r}")
-    return Command.model_validate(dict(row._mapping))
+    try:
+        return cancel_command(engine, command_id, principal.name)
+    except CommandNotFound:
+        raise HTTPException(404, f"no command {command_id!r}") from None
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+class ManualIrrigation(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"valve": "apple-east-v1", "duration_min": 30, "reason": "flush fertiliser"}
+            ]
+        },
+    )
+    valve: Identifier
+    duration_min: float = Field(
+        gt=0,
+        le=1440,
+        allow_inf_nan=False,
+        description="Run time; capped by the block's max_run_min threshold",
+    )
+    reason: str = Field(default="", max_length=500)
+
+
+@router.post(
+    "/blocks/{block_id}/irrigation/manual",
+    status_code=201,
+    summary="Open a valve for a while by hand (capped by the block's max_run_min)",
+    description=(
+        "Stores a valve command as `queued`; the control service delivers it when the "
+        "block's controller is online, exactly like its own commands, and records its "
+        "lifecycle. The run time may not exceed the block's effective `max_run_min`."
+    ),
+    responses={
+        **NOT_FOUND,
+        422: {"model": ErrorBody, "description": "Unknown valve, or run time above the cap"},
+    },
+)
+async def manual_irrigation(
+    block_id: BlockId,
+    body: ManualIrrigation,
+    principal: IrrigationWriter,
+    engine: EngineDep,
+    orchard: OrchardDep,
+    influx: InfluxDep,
+    settings: SettingsDep,
+) -> Command:
+    block = find_block(orchard, block_id)
+    if body.valve not in block.valves or block.controller is None:
+        valves = ", ".join(block.valves) or "none"
+        raise HTTPException(
+            422, f"valve {body.valve!r} is not in block {block_id} (valves: {valves})"
+        )
+    effective = await run_in_threadpool(Thresholds(engine, orchard).effective, block_id)
+    cap = effective["max_run_min"]
+    if body.duration_min > cap:
+        raise HTTPException(
+            422,
+            f"duration_min {body.duration_min:g} is above this block's max_run_min of {cap:g} "
+            f"min: allowed 1 s to {cap:g} min (raise max_run_min to allow longer runs)",
+        )
+    now = await _control_now(settings, influx, orchard.farm.id)
+    return await run_in_threadpool(
+        lambda: queue_command(
+            engine,
+            farm=orchard.farm.id,
+            block=block_id,
+            node=str(block.controller),
+            valve=body.valve,
+            action="open",
+            duration_s=max(1, round(body.duration_min * 60)),
+            issued_at=now,
+            ttl_s=settings.commands.ttl_s,
+            reason=f"manual by {principal.name}" + (f": {body.reason}" if body.reason else ""),
+            max_attempts=settings.commands.max_attempts,
+            created_by=principal.name,
+        )
+    )
+
+
+async def _control_now(settings: ApiSettings, influx: InfluxClient, farm: str) -> datetime:
+    """Now in the control service's clock: commands carry issued/expiry times in it."""
+    if settings.clock_kind == "wall":
+        return WallClock().now()
+    clock = DataClock(influx, farm)
+    await clock.refresh()
+    if not clock.ready:
+        raise HTTPException(503, "no telemetry yet: the demo's data clock has not started")
+    return clock.now()
