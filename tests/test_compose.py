@@ -71,6 +71,29 @@ def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Refuses duplicate keys (a second ``<<`` too), as docker compose's parser does."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    keys = [k.value for k, _ in node.value]
+    duplicated = {k for k in keys if keys.count(k) > 1}
+    if duplicated:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"duplicate keys {sorted(duplicated)}", node.start_mark
+        )
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def test_compose_file_parses_strictly() -> None:
+    assert yaml.load(COMPOSE_FILE.read_text(), Loader=_StrictLoader) == COMPOSE
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate keys"):
+        yaml.load("a: &x {b: 1}\nc:\n  <<: *x\n  <<: *x\n", Loader=_StrictLoader)
+
+
 def test_services_of_a_farm() -> None:
     assert {"mosquitto", "influxdb", "grafana", "postgres", "ingest", "control", "api"} <= set(
         SERVICES
@@ -165,10 +188,17 @@ def test_every_variable_is_documented_in_env_example() -> None:
     documented = env_example()
     used = {m.group(1) for text in _strings(COMPOSE) for m in _VAR.finditer(text)}
     assert used - set(documented) == set()
-    # Required secrets have no default in compose and a placeholder in the example.
+    # A secret is either required (a change-me placeholder in the example, no default in
+    # compose, which refuses to start without it) or optional (empty: the feature is off).
+    text = COMPOSE_FILE.read_text()
     for key, value in documented.items():
-        if _SECRET_KEY.search(key) and key != "INFLUXDB_TOKEN":
+        if not _SECRET_KEY.search(key):
+            continue
+        if value:
             assert value.startswith("change-me"), f"{key} should be a change-me placeholder"
+            assert "${" + key + ":?" in text, f"compose should require {key}"
+        else:
+            assert "${" + key + ":-}" in text, f"optional {key} should default to empty"
 
 
 def test_placeholders_are_refused_outside_demo(
