@@ -321,3 +321,38 @@ async def test_faults_on_the_wire_stuck_is_constant_malformed_is_not_json(
     assert len(stuck) >= 20 and len(healthy) >= 20
     assert len({(r.temperature, r.humidity, r.soil_moisture) for r in stuck}) == 1
     assert len({r.temperature for r in healthy}) > 10
+
+
+async def test_sigterm_stops_cleanly_and_publishes_offline(
+    tmp_path: Path, stack: LiveStack
+) -> None:
+    farm = "st-farm"
+    path = write_orchard(tmp_path, farm, "st", 1)
+    node = "st-n01"
+    stack.add_devices([node])
+    env = dict(
+        os.environ,
+        ORCHARD_ORCHARD_FILE=str(path),
+        ORCHARD_DEVICE_SECRET=stack.device_secret,
+        ORCHARD_MQTT__PORT=str(stack.broker.port),
+        PYTHONPATH=str(PROJECT_ROOT),
+    )
+    topic = f"orchard/{farm}/st/{node}/status"
+    async with Watcher(stack.mqtt("orchard-control"), topic) as watcher:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "firmware_sim"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert await watcher.wait_for(lambda: bool(watcher.messages), timeout=20)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 15) == 0
+            assert await watcher.wait_for(lambda: len(watcher.messages) >= 2, timeout=5)
+        finally:
+            proc.kill()
+            proc.wait()
+    last = Status.model_validate_json(watcher.messages[-1][1])
+    # Published by the node on its way out (a Last Will carries no timestamp).
+    assert last.state == "offline" and last.ts is not None
