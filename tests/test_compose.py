@@ -407,3 +407,22 @@ def test_compose_broker_config_runs_with_broker_init_accounts(
     finally:
         broker.stop()
     assert "Error" not in broker.tail(), broker.tail()
+
+
+def test_image_gets_pinned_runtime_dependencies_and_no_secrets() -> None:
+    import tomllib
+
+    lock = {
+        re.split(r"[=\[]", line, maxsplit=1)[0].lower()
+        for line in (PROJECT_ROOT / "requirements.lock").read_text().splitlines()
+        if line and not line.startswith((" ", "#"))
+    }
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    direct = {
+        re.split(r"[<>=\[ ;]", d, maxsplit=1)[0].lower()
+        for d in pyproject["project"]["dependencies"]
+    }
+    assert direct - lock == set(), "runtime dependencies missing from requirements.lock"
+    ignored = (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
+    assert ".env" in ignored and ".venv" in ignored and "var" in ignored
+    assert ".env" in (PROJECT_ROOT / ".gitignore").read_text().splitlines()
