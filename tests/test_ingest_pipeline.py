@@ -37,6 +37,8 @@ from tests.conftest import LiveStack
 
 pytestmark = pytest.mark.timeout(90)
 
+both_ack_modes = pytest.mark.parametrize("ack_mode", ["batch", "handler"])
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
@@ -156,11 +158,12 @@ async def publish_stream(devices: list[Device], total: int, rate: float, start: 
 # --- in-process tests -----------------------------------------------------------------
 
 
+@both_ack_modes
 async def test_good_messages_land_with_exact_values_and_timestamps(
-    stack: LiveStack, influx_db: InfluxSettings, influx: SyncInfluxClient
+    stack: LiveStack, influx_db: InfluxSettings, influx: SyncInfluxClient, ack_mode: str
 ) -> None:
     farm, group, client_id = unique("f"), unique("g"), unique("ingest")
-    settings = fast_settings(stack.mqtt(), influx_db, client_id, group)
+    settings = fast_settings(stack.mqtt(), influx_db, client_id, group, ack_mode=ack_mode)
     start = base_time()
     async with running(settings), Device(stack, farm, unique("n")) as device:
         for i in range(3_000):
@@ -313,15 +316,16 @@ async def test_duplicates_and_redeliveries_do_not_double_counts(
     assert count(influx, farm) == 200
 
 
+@both_ack_modes
 async def test_influxdb_down_mid_stream_loses_nothing_and_holds_back(
-    stack: LiveStack, tmp_path: Path
+    stack: LiveStack, tmp_path: Path, ack_mode: str
 ) -> None:
     influxd = Influxd(tmp_path / "influxdb", free_port())
     influxd.start()
     try:
         influx_settings = InfluxSettings(url=influxd.url, database="ingest_outage")
         farm, group, client_id = unique("f"), unique("g"), unique("ingest")
-        settings = fast_settings(stack.mqtt(), influx_settings, client_id, group)
+        settings = fast_settings(stack.mqtt(), influx_settings, client_id, group, ack_mode=ack_mode)
         start = base_time()
         total = 3_000
         async with running(settings) as service:
@@ -349,11 +353,13 @@ async def test_influxdb_down_mid_stream_loses_nothing_and_holds_back(
 
 
 @pytest.mark.parametrize(
-    "shared",
+    ("shared", "ack_mode"),
     [
-        False,
+        (False, "batch"),
+        (False, "handler"),
         pytest.param(
             True,
+            "batch",
             marks=pytest.mark.xfail(
                 reason="Mosquitto 2.0.11 does not restore shared subscriptions from "
                 "persistence: what devices publish between the restart and ingest's "
@@ -362,18 +368,24 @@ async def test_influxdb_down_mid_stream_loses_nothing_and_holds_back(
             ),
         ),
     ],
-    ids=["plain-subscription", "shared-subscription"],
+    ids=["plain-batch", "plain-handler", "shared-batch"],
 )
 async def test_broker_restart_mid_stream_loses_nothing(
     private_broker: Callable[[], LiveStack],
     influx_db: InfluxSettings,
     influx: SyncInfluxClient,
     shared: bool,
+    ack_mode: str,
 ) -> None:
     own = private_broker()
     farm, group, client_id = unique("f"), unique("g"), unique("ingest")
     settings = fast_settings(
-        own.mqtt(), influx_db, client_id, group, ingest_shared_subscription=shared
+        own.mqtt(),
+        influx_db,
+        client_id,
+        group,
+        ingest_shared_subscription=shared,
+        ack_mode=ack_mode,
     )
     start = base_time()
     total = 3_000
@@ -450,6 +462,7 @@ def ingest_process(
             "ORCHARD_BATCH_MAX_LINES": str(settings.batch_max_lines),
             "ORCHARD_BATCH_MAX_MESSAGES": str(settings.batch_max_messages),
             "ORCHARD_RECEIVE_MAXIMUM": str(settings.receive_maximum),
+            "ORCHARD_ACK_MODE": settings.ack_mode,
         }
     )
     return ManagedProcess(name, [sys.executable, "-m", "ingest"], log_dir / f"{name}.log", env=env)
@@ -511,8 +524,13 @@ async def test_kill_9_and_restart_loses_nothing(
     assert count(influx, farm) == total
 
 
+@both_ack_modes
 async def test_sigterm_flushes_acknowledges_and_leaves_nothing_behind(
-    stack: LiveStack, influx_db: InfluxSettings, influx: SyncInfluxClient, log_dir: Path
+    stack: LiveStack,
+    influx_db: InfluxSettings,
+    influx: SyncInfluxClient,
+    log_dir: Path,
+    ack_mode: str,
 ) -> None:
     farm, group, client_id = unique("f"), unique("g"), unique("ingest")
     # Batches only seal on the timer after 30 s: whatever is stored came from the flush.
@@ -525,6 +543,7 @@ async def test_sigterm_flushes_acknowledges_and_leaves_nothing_behind(
         batch_max_lines=100_000,
         batch_max_messages=1_000,
         receive_maximum=2_000,
+        ack_mode=ack_mode,
     )
     port = free_port()
     proc = ingest_process(settings, log_dir, port, "ingest-term")
