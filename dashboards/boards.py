@@ -24,6 +24,7 @@ from dashboards.grafana import (
     by_name,
     by_regex,
     dashboard,
+    override,
     query_variable,
     stat,
     state_timeline,
@@ -515,15 +516,41 @@ def block_gdd() -> Panel:
     )
 
 
+def _bars(name: str, color: str) -> JSON:
+    return override(
+        {"id": "byName", "options": name},
+        custom__drawStyle="bars",
+        custom__fillOpacity=60,
+        color={"mode": "fixed", "fixedColor": color},
+    )
+
+
 def block_water_balance() -> Panel:
     return timeseries(
         "Daily water balance",
-        "FAO-56 daily agronomy: reference ET0 and crop ETc (mm/day), root-zone depletion and "
-        "the readily available water (mm): irrigation is due when depletion reaches RAW.",
-        [_block_series(BLOCK_DAILY, "et0", "etc", "depletion_mm", "raw_mm", function="last")],
+        "FAO-56 daily agronomy (mm): rain and irrigation in (bars), reference ET0 and crop "
+        "ETc out, root-zone depletion against the readily available water (dashed): "
+        "irrigation is due when depletion reaches RAW.",
+        [
+            _block_series(
+                BLOCK_DAILY,
+                "rain_mm",
+                "irrigation_mm",
+                "et0",
+                "etc",
+                "depletion_mm",
+                "raw_mm",
+                function="last",
+            )
+        ],
         unit="lengthmm",
         interval="1d",
-        overrides=[by_name("block raw_mm", custom__lineStyle=DASHED)],
+        width=24,
+        overrides=[
+            by_name("block raw_mm", custom__lineStyle=DASHED),
+            _bars("block rain_mm", "blue"),
+            _bars("block irrigation_mm", "green"),
+        ],
     )
 
 
@@ -661,6 +688,26 @@ def irrigation_etc_per_day() -> Panel:
     )
 
 
+def irrigation_rain_and_irrigation() -> Panel:
+    query = BLOCK_DAILY.select(
+        [BLOCK_DAILY.agg("last", "rain_mm"), BLOCK_DAILY.agg("last", "irrigation_mm")],
+        where=_farm_block(BLOCK_DAILY),
+        by_time=INTERVAL,
+        by_tags=["block"],
+        fill="none",
+    )
+    return timeseries(
+        "Rain and irrigation per day",
+        "Water that reached each block's root zone per day (mm), as the daily water balance "
+        "counts it: rain (estimated from soil moisture rises no irrigation explains) and "
+        "irrigation.",
+        [Target(query, alias="$tag_block $col")],
+        unit="lengthmm",
+        draw="bars",
+        interval="1d",
+    )
+
+
 def irrigation_depletion() -> Panel:
     query = BLOCK_DAILY.select(
         [BLOCK_DAILY.agg("last", "depletion_mm"), BLOCK_DAILY.agg("last", "raw_mm")],
@@ -727,6 +774,7 @@ def irrigation() -> JSON:
             irrigation_water_total(),
             irrigation_depth_per_day(),
             irrigation_etc_per_day(),
+            irrigation_rain_and_irrigation(),
             irrigation_depletion(),
             irrigation_events(),
         ],
