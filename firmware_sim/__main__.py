@@ -97,6 +97,9 @@ def main(argv: Sequence[str] = ()) -> int:
         sys.stderr.write(f"orchard sim: {exc}\n")
         return 2
     setup_logging(settings.log_level, settings.log_json)
+    # A thousand clients retrying after a broker restart would log a thousand warnings a
+    # second; the simulator reports connection state itself (periodic stats).
+    logging.getLogger("gmqtt").setLevel(logging.ERROR)
     if settings.device_secret is None:
         log.error("ORCHARD_DEVICE_SECRET is not set: node passwords derive from it")
         return 2

@@ -146,7 +146,7 @@ class DeviceLink:
         self.connected = True
         self.connects += 1
         if self.connects > 1:
-            log.info("%s reconnected", self.node_id)
+            log.debug("%s reconnected", self.node_id)
         client.publish(self.address.topic(Kind.STATUS), self._status("online"), qos=1, retain=True)
         self.on_connected(client)
         # After gmqtt's own replay of a resumed session (scheduled before us), keep order.
@@ -154,7 +154,7 @@ class DeviceLink:
 
     def _on_disconnect(self, client: gmqtt.Client, packet: Any, exc: Exception | None) -> None:
         if self.connected and not self.closing:
-            log.info("%s disconnected (%s)", self.node_id, exc or "broker closed the connection")
+            log.debug("%s disconnected (%s)", self.node_id, exc or "broker closed the connection")
         self.connected = False
 
     def on_connected(self, client: gmqtt.Client) -> None:

@@ -14,11 +14,11 @@ import contextlib
 import logging
 import re
 import time
-from functools import partial
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from pydantic import SecretStr
 
@@ -278,6 +278,7 @@ class Simulator:
         self.stats.sim_start = datetime.fromtimestamp(self.clock.start, UTC).isoformat()
         k = 0
         lags: deque[float] = deque(maxlen=10_000)
+        last_connected = 0
         last_log = time.monotonic()
         try:
             while not stop.is_set():
@@ -300,6 +301,18 @@ class Simulator:
                 self.stats.sim_end = datetime.fromtimestamp(t, UTC).isoformat()
                 await asyncio.sleep(0)  # let the connections breathe between ticks
                 lag = self.clock.now() - t
+                connected = sum(d.connected for d in self.devices)
+                if connected != last_connected:
+                    total = len(self.devices)
+                    if connected < last_connected == total:
+                        log.warning(
+                            "%d of %d devices lost the broker; their readings are buffered",
+                            total - connected,
+                            total,
+                        )
+                    elif connected == total:
+                        log.info("all %d devices connected", total)
+                    last_connected = connected
                 self.stats.max_lag_s = max(self.stats.max_lag_s, lag)
                 if self.stats.all_connected_after_s is None:
                     if all(d.connects for d in self.devices):
@@ -311,9 +324,12 @@ class Simulator:
                     last_log = time.monotonic()
                     self._collect()
                     log.info(
-                        "sim time %s, lag %.1f s, readings taken %d acked %d backlog %d dropped %d",
+                        "sim time %s, lag %.1f s, %d/%d devices connected, "
+                        "readings taken %d acked %d backlog %d dropped %d",
                         self.stats.sim_end,
                         self.clock.now() - t,
+                        sum(d.connected for d in self.devices),
+                        len(self.devices),
                         self.stats.readings_taken,
                         self.stats.readings_acked,
                         self.stats.backlog,

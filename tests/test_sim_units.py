@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from firmware_sim.faults import FaultSpecError, parse_fault_items, resolve
-from firmware_sim.runtime import SimClock, parse_start
+from firmware_sim.runtime import SimClock, SimConfig, Simulator, parse_start
 from firmware_sim.valves import ValveLogic
 from firmware_sim.weather import parse_events
+from orchard.layout import load_orchard
 from orchard.models import ValveCommand
+from orchard.settings import MqttSettings
+from orchard.stack import free_port
+from tests.test_sim_mqtt import write_orchard
 
 NOW = datetime(2026, 7, 1, 12, tzinfo=UTC)
 
@@ -113,3 +119,22 @@ def test_valve_logic_runs_once_supersedes_and_closes() -> None:
     assert done.status == "completed" and done.ts == datetime.fromtimestamp(t + 500, UTC)
     (zero,) = logic.handle(cmd("zero-00001", duration_s=0), t + 250)
     assert zero.status == "rejected" and "duration" in (zero.reason or "")
+
+
+async def test_store_and_forward_buffer_drops_the_oldest_when_full(tmp_path: Path) -> None:
+    orchard = load_orchard(write_orchard(tmp_path, "bf-farm", "bf", 2))
+    taken: dict[str, list[int]] = {}
+    sim = Simulator(
+        orchard,
+        MqttSettings(port=free_port(), reconnect_min_s=0.1, reconnect_max_s=0.2),  # no broker
+        "secret",
+        SimConfig(start=NOW, speed=3600.0, interval_s=60.0, buffer_size=5, drain_s=0.1),
+        on_reading=lambda node, r: taken.setdefault(node, []).append(r.seq),
+    )
+    stats = await sim.run(asyncio.Event(), duration_s=0.5)
+    assert stats.readings_taken >= 2 * 10
+    assert stats.readings_dropped_buffer == stats.readings_taken - 2 * 5
+    assert stats.readings_acked == 0 and stats.backlog == 2 * 5
+    for node in sim.sensors:
+        # The newest readings are kept, in order.
+        assert [r["seq"] for r, _ in node.pending] == taken[node.node_id][-5:]
