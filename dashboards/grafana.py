@@ -356,8 +356,10 @@ def query_variable(
     name: str, label: str, query: str, *, multi: bool = False, include_all: bool = False
 ) -> JSON:
     """A variable filled by an InfluxQL ``SHOW TAG VALUES`` query, refreshed on time change."""
+    # Multi-value variables start on "All"; single ones on the first value Grafana finds.
+    current = {"selected": True, "text": ["All"], "value": ["$__all"]} if include_all else {}
     return {
-        "current": {},
+        "current": current,
         "datasource": DATASOURCE,
         "definition": query,
         "hide": 0,
