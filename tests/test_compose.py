@@ -426,3 +426,51 @@ def test_image_gets_pinned_runtime_dependencies_and_no_secrets() -> None:
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
     assert ".env" in ignored and ".venv" in ignored and "var" in ignored
     assert ".env" in (PROJECT_ROOT / ".gitignore").read_text().splitlines()
+
+
+def _password_matches(entry: str, password: str) -> bool:
+    """Check a Mosquitto 2 ``$7$`` entry (PBKDF2-SHA512) against a plain password."""
+    import base64
+    import hashlib
+
+    _, kind, iterations, salt, digest = entry.split("$")
+    assert kind == "7", entry
+    expected = base64.b64decode(digest)
+    actual = hashlib.pbkdf2_hmac(
+        "sha512", password.encode(), base64.b64decode(salt), int(iterations), len(expected)
+    )
+    return actual == expected
+
+
+def test_broker_init_rotates_secrets_and_keeps_provisioned_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwd), "api-made-node", "own"], check=True
+    )
+    kept_entry = read_password_file(passwd)["api-made-node"]
+    for key, value in {
+        "ORCHARD_DEMO": "false",
+        "ORCHARD_DEVICE_SECRET": "first-secret",
+        "ORCHARD_INGEST_MQTT_PASSWORD": "ingest-1",
+        "ORCHARD_CONTROL_MQTT_PASSWORD": "control-1",
+        "ORCHARD_API_MQTT_PASSWORD": "api-1",
+        "ORCHARD_BROKER_PASSWD_FILE": str(passwd),
+        "ORCHARD_ORCHARD_FILE": str(PROJECT_ROOT / "config" / "orchard.toml"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    write_broker_passwords(BrokerInitSettings())
+    first = read_password_file(passwd)
+    monkeypatch.setenv("ORCHARD_INGEST_MQTT_PASSWORD", "ingest-2")
+    assert write_broker_passwords(BrokerInitSettings())[1] == 1
+    second = read_password_file(passwd)
+    assert set(first) == set(second)
+    assert second["api-made-node"] == kept_entry  # untouched, byte for byte
+    assert _password_matches(first["orchard-ingest"], "ingest-1")
+    assert _password_matches(second["orchard-ingest"], "ingest-2")
+    assert not _password_matches(second["orchard-ingest"], "ingest-1")
+    assert _password_matches(second["orchard-control"], "control-1")
+    node = load_orchard(PROJECT_ROOT / "config" / "orchard.toml").blocks[0].sensor_nodes[0]
+    assert _password_matches(second[node], device_password("first-secret", node))
+    assert oct(passwd.stat().st_mode & 0o777) == "0o640"  # readable by the broker's group only
