@@ -45,7 +45,13 @@ async def _serve(once: bool) -> int:
     return 0
 
 
+def _early_exit(signum: int, _frame: object) -> None:
+    # A stop request during start-up (imports, first connection) is a clean exit too.
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] = ()) -> int:
+    signal.signal(signal.SIGTERM, _early_exit)
     parser = argparse.ArgumentParser(prog="orchard control", description="The control loop.")
     parser.add_argument("--once", action="store_true", help="run one tick and exit")
     args = parser.parse_args(list(argv))

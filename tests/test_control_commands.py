@@ -35,10 +35,17 @@ class Clock:
 
 
 class Controller:
-    def __init__(self, stack: LiveStack, farm: str, node: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        stack: LiveStack,
+        farm: str,
+        node: str,
+        clock: Clock,
+        valves: tuple[str, ...] = ("v1",),
+    ) -> None:
         self.runs: list[str] = []
         self.logic = ValveLogic(
-            node, ["v1"], water=lambda valve, start, end: self.runs.append(valve)
+            node, list(valves), water=lambda valve, start, end: self.runs.append(valve)
         )
         self.address = NodeAddress(farm, "b1", node)
         self.stack = stack

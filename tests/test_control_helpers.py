@@ -13,9 +13,11 @@ FARM = "test-farm"
 T0 = datetime(2026, 5, 20, 0, 0, tzinfo=UTC)
 
 
-def small_orchard(*, nodes: int = 3, rate_mm_h: float = 40.0, controller: bool = True) -> Orchard:
+def small_orchard(
+    *, nodes: int = 3, rate_mm_h: float = 40.0, controller: bool = True, farm: str = FARM
+) -> Orchard:
     return Orchard(
-        farm=Farm(id=FARM),
+        farm=Farm(id=farm),
         blocks=[
             Block(
                 id="b1",
@@ -52,6 +54,7 @@ def write_readings(
     every_min: int = 1,
     start: datetime = T0,
     nodes: Sequence[str] | None = None,
+    farm: str = FARM,
 ) -> None:
     """One reading per node every ``every_min`` minutes, fields from per-node profiles."""
 
@@ -73,8 +76,11 @@ def write_readings(
             lines.append(
                 encode_point(
                     "telemetry",
-                    {"farm": FARM, "block": block.id, "node": node},
-                    {k: (None if v is None else round(float(v), 5)) if k != "seq" else v for k, v in fields.items()},
+                    {"farm": farm, "block": block.id, "node": node},
+                    {
+                        k: (None if v is None else round(float(v), 5)) if k != "seq" else v
+                        for k, v in fields.items()
+                    },
                     to_ns(start + timedelta(minutes=m)),
                 )
             )
