@@ -215,6 +215,8 @@ class SensorNode(DeviceLink):
         # (reading, malformed): a malformed one goes out alone as a corrupted payload.
         self.pending: deque[tuple[WireReading, bool]] = deque()
         self.inflight: OrderedDict[int, list[tuple[WireReading, bool]]] = OrderedDict()
+        self.hold = False
+        """Catching up at high speed: send full batches only, the scheduler flushes the rest."""
         self.seq = 0
         self.taken = 0
         self.sent = 0
@@ -235,11 +237,12 @@ class SensorNode(DeviceLink):
         self.seq = (self.seq + 1) % 2**32
         return seq
 
-    def take(self, reading: WireReading, malformed: bool = False) -> None:
+    def take(self, reading: WireReading, malformed: bool = False, send: bool = True) -> None:
+        """Queue a reading; ``send=False`` leaves it for the next flush (batched catch-up)."""
         self.taken += 1
         self.pending.append((reading, malformed))
         self._enforce_bound()
-        if self.connected and len(self.inflight) < MAX_INFLIGHT_MESSAGES:
+        if send and self.connected and len(self.inflight) < MAX_INFLIGHT_MESSAGES:
             self.flush()
 
     def _enforce_bound(self) -> None:
@@ -283,7 +286,7 @@ class SensorNode(DeviceLink):
         batch = self.inflight.pop(mid, None)
         if batch is not None:
             self.sent += len(batch)
-            if self.pending:
+            if self.pending and (not self.hold or len(self.pending) >= BATCH_SIZE):
                 self.flush()
 
     def _discarded(self) -> None:

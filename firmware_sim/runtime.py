@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+import numpy as np
 from pydantic import SecretStr
 
 from firmware_sim.faults import FaultInjector
 from firmware_sim.node import SensorNode, ValveControllerNode
-from firmware_sim.physics import OrchardModel
+from firmware_sim.physics import OrchardModel, Sample
 from firmware_sim.valves import DEFAULT_MAX_RUN_S, ValveLogic
 from firmware_sim.weather import Weather, WeatherEvent
 from orchard.broker import device_password
@@ -36,6 +37,9 @@ from orchard.topics import NodeAddress
 log = logging.getLogger(__name__)
 
 STATS_LOG_INTERVAL_S = 30.0
+CATCH_UP_INTERVALS = 5
+CATCH_UP_FLUSH_S = 0.05
+MAX_CATCH_UP_TICKS = 64
 
 
 class SimClock:
@@ -215,8 +219,30 @@ class Simulator:
     def devices(self) -> list[SensorNode | ValveControllerNode]:
         return [*self.sensors, *self.controllers]
 
-    def _tick(self, t: float) -> None:
-        sample = self.model.sample(t)
+    def _ticks(self, times: list[float], send: bool = True) -> None:
+        """Take the readings of report instants ``times`` (one, or many when catching up)."""
+        if len(times) == 1:
+            batch = self.model.sample(times[0])
+            rows = [batch]
+        else:
+            batch = self.model.sample_many(np.asarray(times))
+            rows = [
+                Sample(
+                    t=t,
+                    temperature=batch.temperature[k],
+                    humidity=batch.humidity[k],
+                    soil_moisture=batch.soil_moisture[k],
+                    maturity=batch.maturity[k],
+                    battery=batch.battery[k],
+                    rssi=batch.rssi[k],
+                    battery_soc=batch.battery_soc[k],
+                )
+                for k, t in enumerate(times)
+            ]
+        for t, row in zip(times, rows, strict=True):
+            self._take(t, row, send)
+
+    def _take(self, t: float, sample: Sample, send: bool) -> None:
         faulted = self.faults.apply(sample)
         s = faulted.sample
         temps, hums = s.temperature.tolist(), s.humidity.tolist()
@@ -247,7 +273,7 @@ class Simulator:
                 continue
             if malformed[j]:
                 self.stats.readings_malformed += 1
-            node.take(reading, malformed=malformed[j])
+            node.take(reading, malformed=malformed[j], send=send)
         for controller in self.controllers:
             controller.tick(t)
 
@@ -279,6 +305,8 @@ class Simulator:
         k = 0
         lags: deque[float] = deque(maxlen=10_000)
         last_connected = 0
+        last_flush = time.monotonic()
+        holding = False
         last_log = time.monotonic()
         try:
             while not stop.is_set():
@@ -295,8 +323,23 @@ class Simulator:
                 self.stats.max_start_delay_s = max(
                     self.stats.max_start_delay_s, self.clock.now() - t
                 )
-                self._tick(t)
-                k += 1
+                # Far behind (a high speed): let readings pile up and leave in batches
+                # every 50 ms, instead of one message per reading.
+                behind = self.clock.now() - t > CATCH_UP_INTERVALS * cfg.interval_s
+                if behind != holding:
+                    holding = behind
+                    for node in self.sensors:
+                        node.hold = behind
+                due = int((self.clock.now() - t) // cfg.interval_s) + 1
+                count = min(due, MAX_CATCH_UP_TICKS) if behind else 1
+                times = [self.clock.start + (k + i) * cfg.interval_s for i in range(count)]
+                self._ticks(times, send=not behind)
+                t = times[-1]
+                if not behind or time.monotonic() - last_flush > CATCH_UP_FLUSH_S:
+                    last_flush = time.monotonic()
+                    for node in self.sensors:
+                        node.flush()
+                k += count
                 self.stats.ticks = k
                 self.stats.sim_end = datetime.fromtimestamp(t, UTC).isoformat()
                 await asyncio.sleep(0)  # let the connections breathe between ticks
