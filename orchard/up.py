@@ -40,6 +40,12 @@ class UpSettings(OrchardSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     metrics_port: int = Field(default=9101, ge=1, le=65535)
     sim_speed: float = Field(default=3600.0, gt=0, description="Simulated seconds per real second")
+    sim_start: str = Field(
+        default="-180d",
+        description="Where the demo's simulated clock starts: it replays the season up to now "
+        "at sim_speed, then carries on in real time",
+    )
+    sim_interval_s: float = Field(default=300.0, gt=0, description="Simulated s between readings")
     services: str = Field(default="ingest,control,api,sim", description="Which services to start")
 
 
@@ -112,6 +118,8 @@ class Stack:
                 "ORCHARD_DEVICE_SECRET": str(self.secrets["device_secret"]),
                 "ORCHARD_ADMIN_TOKEN": str(self.secrets["admin_token"]),
                 "ORCHARD_SIM_SPEED": str(s.sim_speed),
+                "ORCHARD_SIM_START": s.sim_start,
+                "ORCHARD_SIM_INTERVAL_S": str(s.sim_interval_s),
                 "ORCHARD_API_PORT": str(s.api_port),
                 "ORCHARD_METRICS_PORT": str(s.metrics_port),
                 "ORCHARD_LOG_LEVEL": s.log_level,
