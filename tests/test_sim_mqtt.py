@@ -356,3 +356,36 @@ async def test_sigterm_stops_cleanly_and_publishes_offline(
     last = Status.model_validate_json(watcher.messages[-1][1])
     # Published by the node on its way out (a Last Will carries no timestamp).
     assert last.state == "offline" and last.ts is not None
+
+
+async def test_high_speed_catch_up_delivers_every_reading_in_order(
+    tmp_path: Path, stack: LiveStack
+) -> None:
+    farm = "hs-farm"
+    orchard = load_orchard(write_orchard(tmp_path, farm, "hs", 3))
+    taken: dict[str, list[tuple[int, datetime]]] = {}
+    sim = sim_for(
+        orchard,
+        stack,
+        speed=86400.0,  # a simulated day per second: far more instants than messages
+        start=datetime.now(UTC) - timedelta(days=30),
+        on_reading=lambda node, r: taken.setdefault(node, []).append((r.seq, r.ts)),
+    )
+    async with Watcher(stack.mqtt("orchard-control"), f"orchard/{farm}/+/+/telemetry") as w:
+        stats = await sim.run(asyncio.Event(), duration_s=2.0)
+        expected = sum(len(v) for v in taken.values())
+
+        def readings() -> list[tuple[str, int, datetime]]:
+            out = []
+            for _, payload, _ in w.messages:
+                message = parse_telemetry(payload)
+                out += [(message.node, r.seq, r.ts) for r in telemetry_readings(message)]
+            return out
+
+        await w.wait_for(lambda: len(readings()) >= expected, timeout=10)
+    assert stats.readings_dropped_buffer == 0
+    assert expected > 3 * 1000  # over two simulated days per node
+    assert len(w.messages) < expected / 5  # batched, not one message per reading
+    got = readings()
+    for node, mine in taken.items():
+        assert [(s, ts) for n, s, ts in got if n == node] == mine
