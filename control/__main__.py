@@ -23,7 +23,7 @@ async def _serve(once: bool) -> int:
         "control starting: farm %s, %d blocks, tick %.0fs, %s clock, irrigation %s, webhooks %s",
         service.farm,
         len(service.orchard.blocks),
-        settings.control_tick_s,
+        settings.tick_interval_s,
         settings.clock_kind,
         "automatic" if settings.control_irrigate else "advisory only",
         "on" if settings.webhook.enabled else "off",

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from orchard.influx import InfluxClient, InfluxError, quote_literal
+from orchard.lineprotocol import to_ns
 
 
 class Clock(Protocol):
@@ -47,9 +48,11 @@ class DataClock:
         return self._now is not None
 
     async def refresh(self) -> None:
+        # After the first answer only the newest shard range needs scanning.
+        bound = f" AND time >= {to_ns(self._now)}" if self._now is not None else ""
         try:
             results = await self.influx.query(
-                f"SELECT last(seq) FROM telemetry WHERE farm = {quote_literal(self.farm)}",
+                f"SELECT last(seq) FROM telemetry WHERE farm = {quote_literal(self.farm)}{bound}",
                 epoch="ms",
             )
         except InfluxError:

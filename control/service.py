@@ -104,6 +104,14 @@ class ControlSettings(OrchardSettings):
     harvest: HarvestConfig = HarvestConfig()
 
     @property
+    def tick_interval_s(self) -> float:
+        """Real seconds between ticks. In an accelerated demo, tick often enough that a tick
+        covers about ten simulated minutes (but at most once a second)."""
+        if self.clock_kind == "data" and self.sim_speed > 1:
+            return min(self.control_tick_s, max(1.0, 600.0 / self.sim_speed))
+        return self.control_tick_s
+
+    @property
     def clock_kind(self) -> str:
         if self.control_clock == "auto":
             return "data" if self.demo and self.sim_speed > 1 else "wall"
@@ -681,7 +689,7 @@ class ControlService:
                 elapsed = asyncio.get_running_loop().time() - started
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
-                        stop.wait(), max(0.0, self.settings.control_tick_s - elapsed)
+                        stop.wait(), max(0.0, self.settings.tick_interval_s - elapsed)
                     )
         finally:
             stop.set()

@@ -184,3 +184,29 @@ def test_service_process_stops_cleanly_on_sigterm(
     output = "".join(lines) + (proc.stdout.read().decode() if proc.stdout else "")
     assert code == 0, output
     assert "control stopped" in output and "Traceback" not in output
+
+
+async def test_data_clock_follows_the_newest_reading(
+    influx_db: InfluxSettings, influx: SyncInfluxClient
+) -> None:
+    from control.clock import DataClock
+    from orchard.influx import InfluxClient
+
+    farm = f"farm-{uuid.uuid4().hex[:6]}"
+    block = small_orchard(farm=farm).blocks[0]
+    client = InfluxClient(influx_db)
+    clock = DataClock(client, farm)
+    try:
+        await clock.refresh()
+        assert not clock.ready
+        write_readings(influx, block, 30, soil=lambda m: 0.25, farm=farm)
+        await clock.refresh()
+        assert clock.now() == T0 + timedelta(minutes=29)
+        # A late, older reading never moves the clock back.
+        write_readings(
+            influx, block, 5, soil=lambda m: 0.25, farm=farm, start=T0 - timedelta(days=1)
+        )
+        await clock.refresh()
+        assert clock.now() == T0 + timedelta(minutes=29)
+    finally:
+        await client.aclose()
