@@ -60,6 +60,9 @@ class ApiSettings(OrchardSettings):
     commands: CommandSettings = CommandSettings()
     # The control service's clock, for the times a manual command carries (see control.clock).
     control_clock: Literal["auto", "wall", "data"] = "auto"
+    control_step_s: float = Field(
+        default=60.0, ge=1, description="The control loop's time bin: backtests replay with it"
+    )
     sim_speed: float = Field(default=1.0, gt=0, description="Set by `make up` for the simulator")
     readiness_timeout_s: float = Field(default=2.0, gt=0, le=30)
 

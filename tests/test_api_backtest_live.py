@@ -111,6 +111,7 @@ async def test_backtest_finds_what_the_live_loop_did(
         state_url=state_url,
         orchard_file=CONFIG_DIR / "orchard.toml",
         broker_passwd_file=Path(tempfile.mkdtemp()) / "passwd",
+        control_step_s=STEP_S,  # the backtest replays with the loop's own step by default
     )
     _, token = create_token(engine, "maria", Role.agronomist)
     with running_api(api_settings) as url:
@@ -121,7 +122,6 @@ async def test_backtest_finds_what_the_live_loop_did(
                 "overrides": {},
                 "start": start.isoformat(),
                 "end": end.isoformat(),
-                "step_s": STEP_S,
             },
             timeout=120,
         )

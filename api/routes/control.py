@@ -401,7 +401,12 @@ class BacktestIn(BaseModel):
     )
     start: datetime | None = Field(default=None, description="Default: 7 days before end")
     end: datetime | None = Field(default=None, description="Default: now")
-    step_s: float = Field(default=60.0, ge=10, le=3600, description="Replay step, seconds")
+    step_s: float | None = Field(
+        default=None,
+        ge=10,
+        le=3600,
+        description="Replay step in seconds; default: the control loop's own (same results as live)",
+    )
 
 
 @router.post(
@@ -435,7 +440,8 @@ def backtest_block(
     max_days = settings.backtest_max_days
     if end - start > timedelta(days=max_days):
         raise HTTPException(422, f"a backtest covers at most {max_days:g} days")
-    steps = (end - start).total_seconds() / body.step_s
+    step_s = body.step_s or settings.control_step_s
+    steps = (end - start).total_seconds() / step_s
     if steps > settings.backtest_max_steps:
         raise HTTPException(
             422,
@@ -451,7 +457,7 @@ def backtest_block(
             end,
             body.overrides,
             engine=engine,
-            step_s=body.step_s,
+            step_s=step_s,
         )
     except ThresholdValidationError as exc:
         raise _ThresholdRefused(exc) from None

@@ -140,10 +140,9 @@ async function previewBacktest() {
   $("#th-preview").disabled = true;
   say("Replaying the stored readings…", true);
   try {
-    const step = days > 14 ? 300 : 60;
     const [bt, hist] = await Promise.all([
       api(`/api/v1/blocks/${encodeURIComponent(block)}/backtest`, { method: "POST",
-        body: { overrides, start: start.toISOString(), end: end.toISOString(), step_s: step } }),
+        body: { overrides, start: start.toISOString(), end: end.toISOString() } }),
       api(`/api/v1/blocks/${encodeURIComponent(block)}/readings/history?field=soil_moisture&aggregate=mean` +
         `&window=${Math.max(60, Math.ceil(days * 86400 / 400))}s&start=${encodeURIComponent(start.toISOString())}` +
         `&end=${encodeURIComponent(end.toISOString())}`),
