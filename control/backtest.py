@@ -231,7 +231,11 @@ def backtest(
     t0 = time.perf_counter()
     # Battery readings only matter to a proposal about batteries; skipping them cuts a
     # quarter of the data to fetch and decode.
-    fields = [f for f in FIELDS if f != "battery" or "battery_low_v" in proposed]
+    fields = [
+        f
+        for f in FIELDS
+        if (f != "battery" or "battery_low_v" in proposed) and (f != "maturity" or _readiness)
+    ]
     grid = load_grid(client, orchard.farm.id, [block], start, end, step_s, fields=fields)
     t1 = time.perf_counter()
     current = outcome(block, grid, current_th, orchard.farm.id, end)

@@ -39,7 +39,7 @@ from orchard.layout import Block
 F64 = npt.NDArray[np.float64]
 B8 = npt.NDArray[np.bool_]
 
-FIELDS = ("temperature", "humidity", "soil_moisture", "battery")
+FIELDS = ("temperature", "humidity", "soil_moisture", "battery", "maturity")
 
 # --- sensor fault rules (control defaults; ESTIMATE where marked) ----------------------------
 # Plausible agronomic envelope, tighter than the contract's physical one: a soil probe out of
@@ -488,6 +488,17 @@ def evaluate(
             "vpd": float(agg["vpd"][b, -1]) if grid.n_times else np.nan,
             "healthy_nodes": float(agg["healthy_soil_nodes"][b, -1]) if grid.n_times else 0.0,
         }
+    # Maturity is sampled rarely (a reading a day or less): each node's latest value counts.
+    maturity = grid.field("maturity")
+    latest = np.full(grid.n_nodes, np.nan)
+    if grid.n_times:
+        has = ~np.isnan(maturity)
+        last_i = np.where(has.any(axis=1), grid.n_times - 1 - np.argmax(has[:, ::-1], axis=1), -1)
+        ok = last_i >= 0
+        latest[ok] = maturity[np.flatnonzero(ok), last_i[ok]]
+    block_maturity = _per_block(latest[:, None], grid.node_block, len(blocks), "median")[:, 0]
+    for b, block in enumerate(blocks):
+        snapshot[block]["maturity"] = float(block_maturity[b])
     node_faults = {
         nodes[n]: [
             f"{kind}:{name}"
