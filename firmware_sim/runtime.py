@@ -387,6 +387,11 @@ class Simulator:
                 task.cancel()
             await asyncio.gather(*connecting, return_exceptions=True)
             self._collect()
+            if self.stats.backlog:
+                log.warning(
+                    "%d buffered readings were not delivered before shutdown (broker unreachable)",
+                    self.stats.backlog,
+                )
             if lags:
                 ordered = sorted(lags)
                 self.stats.lag_p50_s = ordered[len(ordered) // 2]
