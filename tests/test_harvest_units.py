@@ -371,3 +371,14 @@ def test_backtest_ready_date_moves_with_the_proposed_threshold() -> None:
         )
         is None
     )
+
+
+def test_gdd_rate_drift_is_followed_but_bounded() -> None:
+    from control.harvest.forecast import _days_to_accumulate
+
+    assert _days_to_accumulate(100.0, 10.0, 0.0) == pytest.approx(10.0)
+    warming = _days_to_accumulate(100.0, 10.0, 0.2)
+    assert 8.0 < warming < 10.0
+    # A steep fitted trend is not extrapolated beyond 1.25 times today's rate.
+    assert _days_to_accumulate(100.0, 10.0, 5.0) == pytest.approx(100.0 / 12.5, abs=0.2)
+    assert _days_to_accumulate(0.0, 10.0, 0.0) == 0.0

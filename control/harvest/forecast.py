@@ -122,6 +122,9 @@ class ForecastRules:
     trend_window_days: int = 21
     gdd_rate_days: int = 10
     max_forecast_days: float = 120.0
+    # Follow the seasonal drift of the daily GDD (warming in spring, cooling in autumn),
+    # fitted over the trend window, instead of assuming today's rate for weeks ahead.
+    rate_drift: bool = True
     # "gdd": maturity is fitted against degree-days since bloom and projected with the
     # recent GDD rate (fruit ripens by heat, so a warm spell ahead of a cool one is
     # handled); "days": fitted against calendar days.
@@ -161,6 +164,12 @@ def forecast_ready(inp: ForecastInputs, rules: ForecastRules = ForecastRules()) 
     if rate <= 0.05:
         return Forecast(inp.as_of, reason="degree-days are not accumulating (too cold)")
     spread = max(0.1, float(recent.std(ddof=1) / math.sqrt(recent.size)) / rate)
+    drift = _rate_drift(inp.daily_gdd, rules) if rules.rate_drift else 0.0
+    # The mean rate belongs to the middle of its window, half a window ago.
+    rate_now = rate + drift * rules.gdd_rate_days / 2.0
+
+    def days_for(gdd: float, scale: float = 1.0) -> float:
+        return _days_to_accumulate(gdd, rate_now * scale, drift * scale)
 
     fit = theil_sen(x[have], y[have])
     unit = "gdd" if use_gdd else "day"
@@ -196,18 +205,19 @@ def forecast_ready(inp: ForecastInputs, rules: ForecastRules = ForecastRules()) 
         m_high = remaining / fit.slope_low
 
     gdd_missing = max(0.0, inp.gdd_target - inp.gdd_cum)
+    slow, fast = max(1 - spread, 0.2), 1 + spread
     if use_gdd:
-        need = max(m_need, gdd_missing)
-        days = need / rate
-        low = max(m_low, gdd_missing) / (rate * (1 + spread))
-        high = max(m_high, gdd_missing) / (rate * max(1 - spread, 0.2))
-        m_days = m_need / rate
+        days = days_for(max(m_need, gdd_missing))
+        low = days_for(max(m_low, gdd_missing), fast)
+        high = days_for(max(m_high, gdd_missing), slow)
+        m_days = days_for(m_need)
     else:
         m_days = m_need
-        days = max(m_need, gdd_missing / rate)
-        low = max(m_low, gdd_missing / (rate * (1 + spread)))
-        high = max(m_high, gdd_missing / (rate * max(1 - spread, 0.2)))
-    g_days = gdd_missing / rate
+        days = max(m_need, days_for(gdd_missing))
+        low = max(m_low, days_for(gdd_missing, fast))
+        high = max(m_high, days_for(gdd_missing, slow))
+    g_days = days_for(gdd_missing)
+    detail["gdd_rate_drift_per_day"] = round(drift, 3)
 
     if days > rules.max_forecast_days:
         return Forecast(
@@ -225,3 +235,35 @@ def forecast_ready(inp: ForecastInputs, rules: ForecastRules = ForecastRules()) 
             detail=detail,
         )
     return Forecast(inp.as_of, days=days, low_days=low, high_days=high, detail=detail)
+
+
+def _rate_drift(daily_gdd: FloatArray, rules: ForecastRules) -> float:
+    """Theil-Sen slope of the daily GDD over the trend window (degree-days per day²)."""
+    tail = daily_gdd[-rules.trend_window_days :]
+    x = np.arange(tail.size, dtype=float)
+    have = np.isfinite(tail)
+    if int(have.sum()) < rules.min_history_days:
+        return 0.0
+    try:
+        return theil_sen(x[have], tail[have]).slope
+    except ValueError:
+        return 0.0
+
+
+def _days_to_accumulate(gdd: float, rate: float, drift: float, horizon: int = 400) -> float:
+    """Days for ``gdd`` degree-days at a rate starting at ``rate`` and drifting linearly.
+
+    The rate is held between 0.75 and 1.25 times today's: a straight line fitted on three
+    weeks must not be extrapolated into a heatwave or a winter.
+    """
+    if gdd <= 0:
+        return 0.0
+    if rate <= 0:
+        return math.inf
+    daily = np.clip(rate + drift * (np.arange(horizon) + 0.5), 0.75 * rate, 1.25 * rate)
+    total = np.cumsum(daily)
+    k = int(np.searchsorted(total, gdd))
+    if k >= horizon:
+        return math.inf
+    before = float(total[k - 1]) if k else 0.0
+    return k + (gdd - before) / float(daily[k])
