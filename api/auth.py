@@ -16,6 +16,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from control.store import UtcDateTime
 from orchard.db import metadata
 
 TOKEN_PREFIX = "orch_"
@@ -65,10 +66,10 @@ api_tokens = sa.Table(
     sa.Column("name", sa.String(100), nullable=False),
     sa.Column("role", sa.String(20), nullable=False),
     sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("created_by", sa.String(100), nullable=True),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
+    sa.Column("last_used_at", UtcDateTime, nullable=True),
 )
 
 
@@ -154,8 +155,6 @@ def authenticate(engine: Engine, token: str) -> Principal | None:
             return None
         now = _now()
         last = row.last_used_at
-        if last is not None and last.tzinfo is None:
-            last = last.replace(tzinfo=UTC)  # SQLite returns naive datetimes
         # One write a minute per token at most: reads must not contend with control's writes.
         if last is None or (now - last).total_seconds() > 60:
             conn.execute(

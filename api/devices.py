@@ -20,6 +20,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from control.store import UtcDateTime
 from orchard.broker import (
     SERVICE_USERS,
     find_mosquitto_pid,
@@ -42,9 +43,9 @@ api_devices = sa.Table(
     sa.Column("state", sa.String(10), nullable=False),  # active | revoked
     # Mosquitto's PBKDF2 hash of the password, never the password itself.
     sa.Column("password_hash", sa.String(300), nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("created_by", sa.String(100), nullable=True),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
     sa.Column("revoked_by", sa.String(100), nullable=True),
 )
 

@@ -3,7 +3,7 @@
 "use strict";
 
 const state = { token: localStorage.getItem("orchard-token") || "", role: null, orchard: null,
-  thresholds: null, previewed: null };
+  thresholds: null, previewed: null, dataTime: {} };
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -54,6 +54,8 @@ const num = (v, digits = 2) => (typeof v === "number" ? v.toFixed(digits) : "–
 
 async function loadOverview() {
   const rows = await api("/api/v1/overview");
+  // The newest control tick per block: backtests end there (a demo replays past seasons).
+  for (const b of rows) if (b.state && b.state.time) state.dataTime[b.block] = b.state.time;
   const cards = rows.map((b) => {
     const s = b.state || {};
     return el("div", { class: `card ${b.worst_severity ? "sev-" + b.worst_severity : ""}`, "data-block": b.block },
@@ -135,7 +137,7 @@ async function previewBacktest() {
   const overrides = proposedValues();
   if (!Object.keys(overrides).length) { say("Enter a proposed value first (or 'default' to drop an override)."); return; }
   const days = Number($("#th-days").value);
-  const end = new Date();
+  const end = new Date(state.dataTime[block] || Date.now());
   const start = new Date(end.getTime() - days * 86400000);
   $("#th-preview").disabled = true;
   say("Replaying the stored readings…", true);
