@@ -158,6 +158,12 @@ async def test_listing_webhook_signed_retried_and_one_lot(
     assert receiver.received[-1]["body"]["type"] == "listing.published"
     versions = [m["body"]["data"]["listing"]["version"] for m in receiver.received]
     assert versions == sorted(versions)
+    # The dashboards see the operator's change at the next evaluation.
+    replay(harvest, influx, last, last)
+    published = influx.query_one(
+        'SELECT "state", "quantity_kg" FROM "listing" WHERE "event" = \'published\''
+    )
+    assert published and published[0].rows()[0]["state"] == "published"
     log = list_deliveries(state)
     assert all(d.state == "delivered" for d in log)
     assert log[-1].attempts >= 2  # the created event: refused once, then delivered

@@ -56,7 +56,7 @@ from control.harvest.readiness import (
     Thresholds,
     evaluate_block,
 )
-from control.harvest.tables import block_state
+from control.harvest.tables import block_state, lot, lot_event
 from control.store import utcnow
 from orchard.influx import InfluxClient, InfluxError, SyncInfluxClient
 from orchard.layout import Block, Orchard
@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 ALARM_TYPE = "harvest_readiness"
 WINDOW_NO = 1  # one harvest window per block and season; a second picking would be 2
+_EVENT_STATE = {"published": "published", "withdrawn": "withdrawn", "sold_out": "sold_out"}
 
 
 class ThresholdSource:
@@ -134,6 +135,7 @@ class HarvestEngine:
         self.tz = ZoneInfo(orchard.farm.timezone)
         self.cache = DailyCache(self.farm, orchard.farm.timezone)
         self._last_run: datetime | None = None
+        self._lot_events_seen = 0  # id of the last harvest_lot_event mirrored to InfluxDB
 
     # --- scheduling --------------------------------------------------------------
 
@@ -269,7 +271,7 @@ class HarvestEngine:
         readings: Mapping[str, Mapping[str, np.ndarray]],
     ) -> tuple[list[BlockOutcome], list[str]]:
         outcomes: list[BlockOutcome] = []
-        lines: list[str] = []
+        lines: list[str] = self._people_changes()
         now = as_of.astimezone(UTC)
         for a in assessments:
             try:
@@ -296,6 +298,50 @@ class HarvestEngine:
                     "; ".join(a.readiness.reasons),
                 )
         return outcomes, lines
+
+    def _people_changes(self) -> list[str]:
+        """``listing`` points for lot changes made through the API since the last run.
+
+        Points are keyed by lot and time, so mirroring an event twice (after a restart)
+        overwrites itself.
+        """
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    lot_event,
+                    lot.c.farm,
+                    lot.c.block,
+                    lot.c.state,
+                    lot.c.grade,
+                    lot.c.quantity_kg_estimated,
+                    lot.c.quantity_kg_corrected,
+                )
+                .join(lot, lot.c.lot == lot_event.c.lot)
+                .where(lot_event.c.id > self._lot_events_seen, lot.c.farm == self.farm)
+                .order_by(lot_event.c.id)
+            ).all()
+        lines: list[str] = []
+        for r in rows:
+            self._lot_events_seen = max(self._lot_events_seen, r.id)
+            if r.actor == "control":
+                continue  # the engine wrote its own events when it made them
+            quantity = r.quantity_kg_corrected
+            if quantity is None:
+                quantity = r.quantity_kg_estimated
+            lines.append(
+                encode_point(
+                    "listing",
+                    {"farm": r.farm, "block": r.block, "lot": r.lot},
+                    {
+                        "state": _EVENT_STATE.get(r.event, r.state),
+                        "quantity_kg": float(quantity),
+                        "grade": r.grade,
+                        "event": r.event,
+                    },
+                    to_ns(r.ts),
+                )
+            )
+        return lines
 
     def _store_state(self, a: _Assessment, now: datetime) -> None:
         r = a.readiness
