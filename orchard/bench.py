@@ -1,4 +1,4 @@
-"""``orchard bench {ingest,sim,backtest,all}`` (``make bench``): benchmarks that print figures.
+"""``orchard bench {ingest,sim,backtest,dashboards,harvest,all}`` (``make bench``): benchmarks that print figures.
 
 Speed is measured here, on the real chain, never by timed assertions in tests.
 Each benchmark lives next to the code it measures and is looked up lazily.
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "ingest.bench:main",
     "backtest": "control.bench:main",
     "dashboards": "dashboards.bench:main",
+    "harvest": "control.harvest.bench:main",
 }
 
 
