@@ -14,6 +14,7 @@ soil. The water figures compare decisions, not a re-simulated soil; the result s
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -236,7 +237,7 @@ def backtest(
         for f in FIELDS
         if (f != "battery" or "battery_low_v" in proposed) and (f != "maturity" or _readiness)
     ]
-    grid = load_grid(client, orchard.farm.id, [block], start, end, step_s, fields=fields)
+    grid = _cached_grid(client, orchard.farm.id, block, start, end, step_s, fields)
     t1 = time.perf_counter()
     current = outcome(block, grid, current_th, orchard.farm.id, end)
     prop = outcome(block, grid, proposed_th, orchard.farm.id, end)
@@ -256,6 +257,39 @@ def backtest(
         query_s=round(t1 - t0, 3),
         replay_s=round(t2 - t1, 3),
     )
+
+
+_GRID_CACHE: OrderedDict[tuple[Any, ...], tuple[float, Grid]] = OrderedDict()
+GRID_CACHE_TTL_S = 300.0
+GRID_CACHE_SIZE = 4
+
+
+def _cached_grid(
+    client: SyncInfluxClient,
+    farm: str,
+    block: Block,
+    start: datetime,
+    end: datetime,
+    step_s: float,
+    fields: list[str],
+) -> Grid:
+    """An agronomist tries several proposals on one period in a row: the readings are
+    fetched once and reused for a few minutes (short enough for late data to show up)."""
+    key = (client.settings.url, client.database, farm, block.id, start, end, step_s, tuple(fields))
+    now = time.monotonic()
+    hit = _GRID_CACHE.get(key)
+    if hit is not None and now - hit[0] < GRID_CACHE_TTL_S:
+        _GRID_CACHE.move_to_end(key)
+        return hit[1]
+    grid = load_grid(client, farm, [block], start, end, step_s, fields=fields)
+    _GRID_CACHE[key] = (now, grid)
+    while len(_GRID_CACHE) > GRID_CACHE_SIZE:
+        _GRID_CACHE.popitem(last=False)
+    return grid
+
+
+def clear_cache() -> None:
+    _GRID_CACHE.clear()
 
 
 def _isnan(x: Any) -> Any:

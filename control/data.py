@@ -150,25 +150,26 @@ def load_grid(
 ) -> Grid:
     """Readings of ``blocks`` over ``[start, end)``.
 
-    Long periods are fetched as a few time slices in parallel: InfluxDB answers each on
-    its own core while this process decodes the previous one, which roughly halves the
-    wall time of a month-long backtest on two cores.
+    ``parallel`` > 1 fetches that many time slices at once, each on its own connection
+    (InfluxDB answers one per core while this process decodes another); it helps on an
+    idle multi-core server and not on a busy one, so it is off by default.
     """
-    days = (end - start).total_seconds() / 86400.0
-    parts = parallel or (1 if days <= 2 else min(6, max(2, int(days // 5))))
+    parts = max(1, parallel or 1)
     # Whole seconds are enough at a one-minute step and shorten the JSON.
     epoch, unit = ("s", 1.0) if step_s >= 1 else ("ms", 0.001)
 
-    def fetch(span: tuple[datetime, datetime]) -> list[Series]:
-        return client.query_one(
-            telemetry_query(farm, blocks, span[0], span[1], fields), epoch=epoch
-        )
+    def fetch(span: tuple[datetime, datetime], c: SyncInfluxClient = client) -> list[Series]:
+        return c.query_one(telemetry_query(farm, blocks, span[0], span[1], fields), epoch=epoch)
+
+    def fetch_own(span: tuple[datetime, datetime]) -> list[Series]:
+        with SyncInfluxClient(client.settings) as own:
+            return fetch(span, own)
 
     if parts == 1:
         series = fetch((start, end))
     else:
         with ThreadPoolExecutor(max_workers=parts) as pool:
-            series = [s for chunk in pool.map(fetch, _slices(start, end, parts)) for s in chunk]
+            series = [s for chunk in pool.map(fetch_own, _slices(start, end, parts)) for s in chunk]
     grid = grid_from_series(series, blocks, start, end, step_s, time_unit_s=unit)
     if with_last_seen and blocks:
         _apply_last_seen(grid, client.query_one(last_seen_query(farm, blocks, start)), start)

@@ -112,6 +112,15 @@ class ControlSettings(OrchardSettings):
         return self.control_tick_s
 
     @property
+    def command_ttl_s(self) -> float:
+        """A command's time to live in the control clock. In an accelerated demo the data
+        clock trails the simulator by the ingest delay (seconds of real time, hours of
+        simulated time), so the TTL keeps at least half a real minute of slack."""
+        if self.clock_kind == "data" and self.sim_speed > 1:
+            return max(self.commands.ttl_s, self.sim_speed * 30.0)
+        return self.commands.ttl_s
+
+    @property
     def clock_kind(self) -> str:
         if self.control_clock == "auto":
             return "data" if self.demo and self.sim_speed > 1 else "wall"
@@ -509,7 +518,7 @@ class ControlService:
                         action="open",
                         duration_s=int(d.duration_s or 0),
                         issued_at=now,
-                        ttl_s=self.settings.commands.ttl_s,
+                        ttl_s=self.settings.command_ttl_s,
                         reason=d.reason,
                         depth_mm=d.depth_mm,
                         decision_id=int(decision_id),
