@@ -396,3 +396,25 @@ async def test_high_speed_catch_up_delivers_every_reading_in_order(
     got = readings()
     for node, mine in taken.items():
         assert [(s, ts) for n, s, ts in got if n == node] == mine
+
+
+async def test_accelerated_clock_catches_up_and_never_publishes_the_future(
+    tmp_path: Path, stack: LiveStack
+) -> None:
+    farm = "cu-farm"
+    orchard = load_orchard(write_orchard(tmp_path, farm, "cu", 2))
+    sim = sim_for(orchard, stack, speed=7200.0, start=datetime.now(UTC) - timedelta(hours=2))
+    arrivals: list[tuple[datetime, datetime]] = []
+    async with Watcher(stack.mqtt("orchard-control"), f"orchard/{farm}/+/+/telemetry") as w:
+        w.client.on_message = lambda c, t, payload, q, p: (
+            arrivals.extend(
+                (r.ts, datetime.now(UTC)) for r in telemetry_readings(parse_telemetry(payload))
+            ),
+            0,
+        )[-1]
+        await sim.run(asyncio.Event(), duration_s=3.0)
+        await w.wait_for(lambda: len(arrivals) >= 2 * 120, timeout=5)
+    assert len(arrivals) >= 2 * 120  # two simulated hours at one reading a minute
+    assert all(ts <= arrived for ts, arrived in arrivals)
+    # After catching up it runs in real time: the last readings are from just now.
+    assert datetime.now(UTC) - max(ts for ts, _ in arrivals) < timedelta(seconds=70)
