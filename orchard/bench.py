@@ -30,7 +30,7 @@ def main(argv: Sequence[str] = ()) -> int:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            print(f"bench {name}: not available ({exc})")  # noqa: T201 - CLI output
+            print(f"bench {name}: not available ({exc})")
             status = 1
             continue
         status |= int(getattr(module, func)(rest) or 0)
