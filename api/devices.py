@@ -82,7 +82,7 @@ class DeviceRegistry:
         self.broker = broker
         self._lock = threading.Lock()
 
-    def list(self) -> list[dict[str, object]]:
+    def all(self) -> list[dict[str, object]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(api_devices).order_by(api_devices.c.block, api_devices.c.node)
@@ -99,7 +99,7 @@ class DeviceRegistry:
     def active_nodes(self, block: str | None = None) -> list[dict[str, object]]:
         return [
             d
-            for d in self.list()
+            for d in self.all()
             if d["state"] == "active" and (block is None or d["block"] == block)
         ]
 

@@ -106,8 +106,8 @@ def test_change_a_threshold_after_its_backtest(site: tuple[str, str, object]) ->
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             page.click("#th-save")
             page.wait_for_selector("#message.ok:has-text('Saved soil_trigger')")
+            page.wait_for_selector("#audit tbody tr:has-text('soil_trigger')")
             row = page.locator("#audit tbody tr").first
-            row.wait_for()
             assert "soil_trigger" in row.inner_text()
             assert "young trees: water earlier" in row.inner_text()
             assert "maria" in row.inner_text()

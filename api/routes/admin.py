@@ -44,7 +44,7 @@ def whoami(principal: Reader) -> WhoAmI:
 
 @router.get("/devices", tags=["devices"], summary="Devices provisioned or revoked through the API")
 def devices_list(_: DevicesAdmin, devices: DevicesDep) -> list[DeviceOut]:
-    return [DeviceOut.model_validate(d) for d in devices.list()]
+    return [DeviceOut.model_validate(d) for d in devices.all()]
 
 
 @router.post(

@@ -335,7 +335,7 @@ async def overview(
     for b in orchard.blocks:
         mine = [a for a in active if a.block == b.id]
         worst = max(mine, key=lambda a: severity_rank(a.severity)).severity if mine else None
-        r = latest_ready.get(b.id)
+        ready_row = latest_ready.get(b.id)
         out.append(
             BlockOverview(
                 block=b.id,
@@ -344,8 +344,8 @@ async def overview(
                 state=states.get(b.id),
                 open_alarms=len(mine),
                 worst_severity=worst,
-                readiness=r["state"] if r else None,
-                readiness_forecast=r["forecast_date"] if r else None,
+                readiness=ready_row["state"] if ready_row else None,
+                readiness_forecast=ready_row["forecast_date"] if ready_row else None,
             )
         )
     return out

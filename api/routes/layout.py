@@ -69,7 +69,7 @@ async def node_statuses(
     status_res, latest_res = await influx.query(status_query(scope) + "; " + _latest_query(scope))
     status = {s.tags.get("node", ""): s.rows()[0] for s in status_res if s.values}
     latest = {s.tags.get("node", ""): s.rows()[0] for s in latest_res if s.values}
-    registry = {str(d["node"]): d for d in await run_in_threadpool(devices.list)}
+    registry = {str(d["node"]): d for d in await run_in_threadpool(devices.all)}
     nodes: list[tuple[str, str]] = [(n, "sensor") for n in block.sensor_nodes]
     if block.controller:
         nodes.append((block.controller, "controller"))
@@ -103,10 +103,10 @@ async def node_statuses(
             NodeStatus(
                 node=node,
                 block=block.id,
-                kind=kind,  # type: ignore[arg-type]
-                provisioned=provisioned,  # type: ignore[arg-type]
+                kind=kind,
+                provisioned=provisioned,
                 online=online,
-                online_source=source,  # type: ignore[arg-type]
+                online_source=source,
                 state=st.get("state") if st else None,
                 firmware=st.get("firmware") if st else None,
                 last_seen=last_seen,
