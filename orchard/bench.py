@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "backtest": "control.bench:main",
     "dashboards": "dashboards.bench:main",
     "harvest": "control.harvest.bench:main",
+    "api": "api.bench:main",
 }
 
 
