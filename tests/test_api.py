@@ -372,6 +372,13 @@ def test_hostile_identifiers_never_reach_a_query(api: Api, hostile: str) -> None
             assert r.status_code == 422 or r.json() == [], r.text
         r = c.get("/api/v1/listings", params={"block": hostile})
         assert r.status_code == 422
+        for path, param in (
+            ("/api/v1/irrigation/commands", "block"),
+            ("/api/v1/webhooks/deliveries", "event_type"),
+            (f"/api/v1/blocks/{BLOCK}/thresholds/audit", "key"),
+        ):
+            r = c.get(path, params={param: hostile})
+            assert r.status_code == 422 or r.json() == [], (path, r.text)
     # The database still holds all the data a hostile query might have dropped.
     assert (
         api.influx.query_one('SELECT count("seq") FROM "telemetry"')[0].values[0][1]
@@ -672,3 +679,23 @@ def test_manual_irrigation_is_capped_and_goes_through_the_command_lifecycle(api:
 
 def test_role_matrix_covers_every_permission() -> None:
     assert set(PROBES) == set(Permission)
+
+
+def test_influxdb_down_is_a_clear_503_and_not_ready(api: Api) -> None:
+    from orchard.stack import free_port
+
+    down = api.settings.influx.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})
+    with running_api(api.settings.model_copy(update={"influx": down})) as url:
+        headers = {"Authorization": f"Bearer {api.tokens['viewer']}"}
+        for path in (
+            f"/api/v1/blocks/{BLOCK}/readings/latest",
+            f"/api/v1/blocks/{BLOCK}/nodes",
+            f"/api/v1/blocks/{BLOCK}/readings/history?field=temperature",
+        ):
+            r = httpx.get(url + path, headers=headers, timeout=30)
+            assert r.status_code == 503, (path, r.text)
+            assert r.json()["detail"] == "InfluxDB is unavailable, retry later"
+        # What does not need InfluxDB still answers.
+        assert httpx.get(url + f"/api/v1/blocks/{BLOCK}", headers=headers).status_code == 200
+        ready = httpx.get(url + "/health/ready", timeout=30)
+        assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "ok"
