@@ -279,6 +279,14 @@ class Chain:
         self.ingests = []
         return stats
 
+    def backend_cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the broker and influxd (to see where time goes)."""
+        out = {}
+        for name, proc in (("mosquitto", self.broker.proc), ("influxd", self.influxd.proc)):
+            assert proc.process is not None
+            out[name] = _proc_stats(proc.process.pid)["cpu_s"]
+        return out
+
     def count(self) -> int:
         with SyncInfluxClient(self.influx) as client:
             series = client.query_one("SELECT count(seq) FROM telemetry")
@@ -428,12 +436,15 @@ def run_scenario(chain: Chain, scenario: Scenario, workers: int, poll: float) ->
         t_loaded = time.time()
         chain.start_ingest()
         t_start = time.time()
+        others_before = chain.backend_cpu()
         samples, latencies = _poll_until(chain, expected, poll, 20, None)
     else:
         t_start = t_go
+        others_before = chain.backend_cpu()
         samples, latencies = _poll_until(chain, expected, poll, 20, t_go)
         pub = _finish_publishers(procs)
     t_done = samples[-1].t
+    others_after = chain.backend_cpu()
     time.sleep(1.0)  # late writes would show up as extra points
     stored = chain.count()
     stats = chain.stop_ingest()
@@ -455,6 +466,9 @@ def run_scenario(chain: Chain, scenario: Scenario, workers: int, poll: float) ->
         "ingest_peak_rss_mb": max(s["peak_rss_mb"] for s in stats),
         "ingest_received": sum(s["received"] for s in stats),
         "ingest_write_retries": sum(s["retries"] for s in stats),
+        "mosquitto_cpu_s": others_after["mosquitto"] - others_before["mosquitto"],
+        "influxd_cpu_s": others_after["influxd"] - others_before["influxd"],
+        "load_average_1m": os.getloadavg()[0],
     }
     if scenario.preload:
         result["preload_s"] = t_loaded - t_go
