@@ -64,3 +64,37 @@ def test_service_starts_from_env_and_stops_on_sigterm(stack: LiveStack, tmp_path
         output = proc.communicate(timeout=20)[0].decode()
     assert proc.returncode == 0, output
     assert "created the demo admin token" in output
+
+
+def test_api_on_postgresql(stack: LiveStack, postgres_url: str, tmp_path: Path) -> None:
+    """The compose state store: tokens, thresholds and their audit on a real PostgreSQL."""
+    from api.auth import Role, create_token, revoke_token
+    from api.settings import ApiSettings
+    from api.testing import running_api
+    from orchard.db import create_engine, init_db
+    from orchard.settings import InfluxSettings
+
+    engine = create_engine(postgres_url)
+    init_db(engine)
+    token_id, token = create_token(engine, "pg-agronomist", Role.agronomist)
+    settings = ApiSettings(
+        influx=InfluxSettings(url=stack.influxd.url, database="unused"),
+        mqtt=stack.mqtt("orchard-api"),
+        state_url=postgres_url,
+        orchard_file=CONFIG_DIR / "orchard.toml",
+        broker_passwd_file=tmp_path / "passwd",
+    )
+    with running_api(settings) as url:
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(url + "/api/v1/whoami", headers=headers).json()["role"] == "agronomist"
+        r = httpx.patch(
+            url + "/api/v1/blocks/apple-east/thresholds",
+            headers=headers,
+            json={"values": {"soil_trigger": 0.23}, "reason": "pg"},
+        )
+        assert r.status_code == 200, r.text
+        audit = httpx.get(url + "/api/v1/blocks/apple-east/thresholds/audit", headers=headers)
+        assert audit.json()[0]["new_value"] == 0.23 and audit.json()[0]["ts"].endswith("Z")
+        assert revoke_token(engine, token_id)
+        assert httpx.get(url + "/api/v1/whoami", headers=headers).status_code == 401
+    engine.dispose()
