@@ -583,7 +583,7 @@ def _block_rules(emit: Any, agg: dict[str, F64], table: BlockTable, blocks: list
             "vpd_low",
             "below",
             agg["vpd"],
-            "vpd_duration_min",
+            "vpd_low_duration_min",
             col("vpd_low_kpa"),
             col("vpd_low_kpa") + col("vpd_hysteresis_kpa"),
             None,

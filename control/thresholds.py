@@ -164,6 +164,13 @@ SPECS: dict[str, ThresholdSpec] = {
             1440,
             "how long VPD must stay out of band before alarming",
         ),
+        ThresholdSpec(
+            "vpd_low_duration_min",
+            "min",
+            30,
+            2880,
+            "how long VPD must stay below the low band before the disease-risk alarm",
+        ),
         ThresholdSpec("battery_low_v", "V", 0, 15, "battery voltage below which a node is flagged"),
         ThresholdSpec(
             "offline_after_min", "min", 1, 1440, "silence after which a node is flagged offline"
@@ -193,6 +200,11 @@ CONTROL_DEFAULTS: dict[str, tuple[float, str]] = {
     "temp_hysteresis_c": (1.0, "ESTIMATE: above sensor noise, below a meaningful change"),
     "vpd_hysteresis_kpa": (0.3, "ESTIMATE"),
     "vpd_duration_min": (120, "ESTIMATE: 'sustained' VPD stress, agronomy-reference.md"),
+    "vpd_low_duration_min": (
+        480,
+        "ESTIMATE: infection needs long wet periods (apple scab, Mills table: ~9 h at 10 °C); "
+        "shorter humid nights are normal",
+    ),
     "battery_low_v": (3.4, "ESTIMATE: single-cell Li-ion near 10 % charge"),
     "offline_after_min": (30, "ESTIMATE: several missed readings at 1-5 min intervals"),
 }
