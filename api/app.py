@@ -121,6 +121,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN, which a farm network may not
+        # reach; the OpenAPI document itself is served (and open), for any viewer or client.
+        docs_url=None,
+        redoc_url=None,
         openapi_tags=[
             {"name": "system", "description": "Health, readiness, metrics (open: health only)"},
             {"name": "farms, blocks, nodes", "description": "Orchard layout and node presence"},
