@@ -699,3 +699,17 @@ def test_influxdb_down_is_a_clear_503_and_not_ready(api: Api) -> None:
         assert httpx.get(url + f"/api/v1/blocks/{BLOCK}", headers=headers).status_code == 200
         ready = httpx.get(url + "/health/ready", timeout=30)
         assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "ok"
+
+
+def test_no_endpoint_is_open_but_health_and_the_openapi_document(api: Api) -> None:
+    with api.client(None) as c:
+        doc = c.get("/openapi.json").json()
+        open_paths = set()
+        for path, item in doc["paths"].items():
+            for method in item:
+                concrete = path.replace("{", "").replace("}", "")  # any value: auth comes first
+                r = c.request(method.upper(), concrete.replace("_id", "-1x"), json={})
+                if r.status_code != 401:
+                    open_paths.add(path)
+        assert open_paths == {"/health", "/health/ready"}
+        assert c.get("/docs").status_code == 404
