@@ -214,3 +214,22 @@ def test_backtest_compares_current_and_proposed_thresholds(influx: SyncInfluxCli
     assert result.as_json()["block"] == "b1"
     with pytest.raises(ThresholdValidationError, match="soil_trigger"):
         backtest(influx, orchard, block.id, T0, end, {"soil_trigger": 3})
+
+
+def test_rule_helpers_wobble_raises_once() -> None:
+    from control.alarms import AlarmRule, evaluate_rule, replay_rule
+
+    rule = AlarmRule(
+        "heat", "above", raise_at=35.0, clear_at=33.0, raise_after_s=600, clear_after_s=600
+    )
+    times = np.arange(0, 6 * 3600, 60.0)
+    # Hot for an hour, then wobbling around 35 (above the 33 clear level) for 3 h, then cool.
+    minutes = times / 60
+    values = np.where(minutes < 60, 36.0, np.where(minutes < 240, 34.0 + 2 * (minutes % 2), 30.0))
+    episodes = replay_rule(rule, values[None, :], times, ["b1"])
+    assert episodes == [[(600.0, 240 * 60.0 + 600)]]
+    now = evaluate_rule(rule, values[None, :90], times[:90])
+    assert bool(now.raise_now[0]) is False and bool(now.clear_now[0]) is False
+    assert now.value[0] == 36.0
+    with pytest.raises(ValueError, match="clear_at"):
+        AlarmRule("heat", "above", raise_at=35.0, clear_at=36.0, raise_after_s=0, clear_after_s=0)
