@@ -29,6 +29,7 @@ Usage (e.g. harvest readiness)::
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -375,7 +376,7 @@ class Alarms:
         until: datetime | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[Alarm]:
+    ) -> builtins.list[Alarm]:
         """Alarms newest first. ``since``/``until`` select alarms that overlap the period."""
         query = sa.select(alarm)
         conditions: list[Any] = []
@@ -419,7 +420,7 @@ class Alarms:
         with self.engine.connect() as conn:
             return [_row_to_alarm(r) for r in conn.execute(query)]
 
-    def history(self, alarm_id: int) -> list[AlarmEvent]:
+    def history(self, alarm_id: int) -> builtins.list[AlarmEvent]:
         """Every change of one alarm, oldest first."""
         with self.engine.connect() as conn:
             self._get(conn, alarm_id)
@@ -432,7 +433,7 @@ class Alarms:
 
     def events(
         self, *, since: datetime | None = None, block: str | None = None, limit: int = 1000
-    ) -> list[tuple[Alarm, AlarmEvent]]:
+    ) -> builtins.list[tuple[Alarm, AlarmEvent]]:
         """Recent events across alarms, oldest first (for feeds and annotations)."""
         query = sa.select(alarm_event, alarm.c.block).join(
             alarm, alarm.c.id == alarm_event.c.alarm_id
@@ -442,7 +443,7 @@ class Alarms:
         if block is not None:
             query = query.where(alarm.c.block == block)
         query = query.order_by(alarm_event.c.ts, alarm_event.c.id).limit(limit)
-        out: list[tuple[Alarm, AlarmEvent]] = []
+        out: builtins.list[tuple[Alarm, AlarmEvent]] = []
         with self.engine.connect() as conn:
             for row in conn.execute(query).all():
                 mapping = dict(row._mapping)
