@@ -30,6 +30,7 @@ from control.service import ControlService, ControlSettings
 from control.store import irrigation_decision
 from orchard.db import create_engine, init_db
 from orchard.influx import SyncInfluxClient, quote_ident
+from orchard.lineprotocol import encode_point, to_ns
 from orchard.settings import CONFIG_DIR, InfluxSettings
 from tests.conftest import LiveStack
 
@@ -51,6 +52,16 @@ def week(stack: LiveStack) -> Iterator[tuple[InfluxSettings, str, datetime, date
     with SyncInfluxClient(settings) as influx:
         influx.create_database()
         influx.write(synthetic_telemetry(FARM, BLOCK, NODES, start, DAYS, STEP_S, seed=11))
+        # Two heat episodes (points overwrite the temperature of the same instants), so the
+        # week has alarms that are raised and cleared, once across a tick boundary.
+        heat = []
+        for offset in (timedelta(days=2, hours=12), timedelta(days=4, hours=1, minutes=30)):
+            for minute in range(0, 150):
+                ts = to_ns(start + offset + timedelta(minutes=minute))
+                for node in NODES:
+                    tags = {"farm": FARM, "block": BLOCK, "node": node}
+                    heat.append(encode_point("telemetry", tags, {"temperature": 36.5}, ts))
+        influx.write(heat)
         yield settings, f"sqlite:///{tmp / 'state.db'}", start, end
         influx.query(f"DROP DATABASE {quote_ident(database)}", database=False)
 
@@ -139,7 +150,8 @@ async def test_backtest_finds_what_the_live_loop_did(
     replay_runs = sorted(datetime.fromisoformat(run["at"]) for run in current["irrigation"])
 
     # The week must exercise both: irrigation and alarms, or the comparison proves nothing.
-    assert len(live_runs) >= 1 and len(live_alarms) >= 1, (live_runs, live_alarms)
+    assert len(live_runs) >= 1, live_runs
+    assert sum(a[0] == "heat" and a[3] is not None for a in live_alarms) == 2, live_alarms
     assert replay_runs == live_runs
     assert [a[:3] for a in replay_alarms] == [a[:3] for a in live_alarms]
     # Clear times agree for every episode that ended inside the week.
