@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from api.auth import Role, create_token
 from api.settings import ApiSettings
 from api.testing import running_api, synthetic_telemetry
 from control.alarms import Alarms
+from control.harvest.lots import LotDraft, upsert_lot
 from orchard.db import create_engine, init_db
 from orchard.influx import SyncInfluxClient, quote_ident
 from orchard.settings import CONFIG_DIR, InfluxSettings
@@ -36,7 +39,7 @@ FARM, BLOCK = "sunny-hill", "apple-east"
 
 
 @pytest.fixture(scope="module")
-def site(stack: LiveStack) -> Iterator[tuple[str, str, object]]:
+def site(stack: LiveStack) -> Iterator[tuple[str, str, object, str]]:
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (make deps installs it)")
     database = f"ui_{uuid.uuid4().hex[:10]}"
@@ -53,6 +56,27 @@ def site(stack: LiveStack) -> Iterator[tuple[str, str, object]]:
     engine = create_engine(settings.state_url)
     init_db(engine)
     _, token = create_token(engine, "maria", Role.agronomist)
+    _, shop = create_token(engine, "shop", Role.operator)
+    upsert_lot(
+        engine,
+        LotDraft(
+            lot="apple-east-2026-w1",
+            farm=FARM,
+            block=BLOCK,
+            season=date(2026, 4, 12),
+            window_no=1,
+            crop="apple",
+            variety="gala",
+            quantity_kg=24000.0,
+            grade="A",
+            in_band_share=0.9,
+            window_start=date(2026, 9, 10),
+            window_end=date(2026, 9, 24),
+            title="Gala",
+            description="East slope Gala",
+            evidence={},
+        ),
+    )
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     nodes = [f"{BLOCK}-n0{i}" for i in range(1, 6)]
     with SyncInfluxClient(influx_settings) as influx:
@@ -68,12 +92,12 @@ def site(stack: LiveStack) -> Iterator[tuple[str, str, object]]:
             value=0.16,
         )
         with running_api(settings) as url:
-            yield url, token, engine
+            yield url, token, engine, shop
         influx.query(f"DROP DATABASE {quote_ident(database)}", database=False)
 
 
-def test_change_a_threshold_after_its_backtest(site: tuple[str, str, object]) -> None:
-    url, token, _engine = site
+def test_change_a_threshold_after_its_backtest(site: tuple[str, str, object, str]) -> None:
+    url, token, _engine, _shop = site
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -115,6 +139,47 @@ def test_change_a_threshold_after_its_backtest(site: tuple[str, str, object]) ->
             # Acknowledge the alarm from the page.
             page.click("#alarms button.ack")
             page.wait_for_selector("#alarms td:has-text('active ack')")
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_operator_publishes_and_corrects_a_listing(site: tuple[str, str, object, str]) -> None:
+    url, _token, _engine, shop = site
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url + "/")
+            page.fill("#token", shop)
+            page.click("#token-form button")
+            page.wait_for_selector("#whoami:has-text('operator')")
+            row = page.locator("#listings tr[data-lot='apple-east-2026-w1']")
+            row.wait_for()
+            assert "draft" in row.inner_text()
+            assert page.is_hidden("#th-preview")  # operators do not tune thresholds
+            row.locator("button:has-text('published')").click()
+            page.wait_for_selector(
+                "#listings tr[data-lot='apple-east-2026-w1'] td:text-is('published')"
+            )
+            qty = page.locator("#listings tr[data-lot='apple-east-2026-w1'] input")
+            qty.fill("21500")
+            qty.dispatch_event("change")
+
+            def stored() -> dict[str, object]:
+                r = httpx.get(
+                    url + "/api/v1/listings/apple-east-2026-w1",
+                    headers={"Authorization": f"Bearer {shop}"},
+                )
+                return r.json()["listing"]  # type: ignore[no-any-return]
+
+            page.wait_for_timeout(300)
+            deadline = time.monotonic() + 10
+            while stored()["quantity_kg"] != 21500 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert stored()["quantity_kg"] == 21500 and stored()["state"] == "published"
             assert errors == []
         finally:
             browser.close()
