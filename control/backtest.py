@@ -209,9 +209,13 @@ def backtest(
     proposed: Mapping[str, Any],
     *,
     engine: Engine | None = None,
-    step_s: float = 60.0,
+    step_s: float = 300.0,
 ) -> BacktestResult:
     """Replay ``[start, end)`` of one block with the current and the proposed thresholds.
+
+    The replay runs on ``step_s`` bins (5 minutes by default, averaged by InfluxDB, which
+    sends a fifth of the rows of one-minute readings; every rule's minimum duration is at
+    least that long). ``step_s=60`` replays the raw readings as the live loop sees them.
 
     Raises ``KeyError`` for an unknown block, :class:`~control.thresholds.ThresholdValidationError`
     for an invalid proposal (same rules as a real override), ``ValueError`` for a bad period.
@@ -276,12 +280,18 @@ def _cached_grid(
     """An agronomist tries several proposals on one period in a row: the readings are
     fetched once and reused for a few minutes (short enough for late data to show up)."""
     key = (client.settings.url, client.database, farm, block.id, start, end, step_s, tuple(fields))
+    aggregate = step_s > 60
+    if aggregate:
+        # InfluxDB's time bins are aligned to the epoch: start on a bin edge.
+        start = datetime.fromtimestamp(start.timestamp() // step_s * step_s, UTC)
     now = time.monotonic()
     hit = _GRID_CACHE.get(key)
     if hit is not None and now - hit[0] < GRID_CACHE_TTL_S:
         _GRID_CACHE.move_to_end(key)
         return hit[1]
-    grid = load_grid(client, farm, [block], start, end, step_s, fields=fields)
+    grid = load_grid(
+        client, farm, [block], start, end, step_s, fields=fields, server_aggregate=aggregate
+    )
     _GRID_CACHE[key] = (now, grid)
     while len(_GRID_CACHE) > GRID_CACHE_SIZE:
         _GRID_CACHE.popitem(last=False)

@@ -212,6 +212,13 @@ def test_backtest_compares_current_and_proposed_thresholds(influx: SyncInfluxCli
     assert result.proposed.thresholds["soil_trigger"] == 0.18
     assert any("irrigation" in line for line in result.differences)
     assert result.as_json()["block"] == "b1"
+    # Five-minute bins averaged by InfluxDB (the default) agree with the raw readings.
+    raw = backtest(
+        influx, orchard, block.id, T0, end, {"soil_trigger": 0.18, "frost_margin_c": 0.0}, step_s=60
+    )
+    assert raw.current.irrigation_count == result.current.irrigation_count
+    assert raw.current.alarm_counts == result.current.alarm_counts
+    assert raw.proposed.alarm_counts == result.proposed.alarm_counts
     with pytest.raises(ThresholdValidationError, match="soil_trigger"):
         backtest(influx, orchard, block.id, T0, end, {"soil_trigger": 3})
 
