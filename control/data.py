@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -56,12 +56,17 @@ def telemetry_query(
     )
 
 
+LAST_SEEN_HORIZON = timedelta(days=7)
+"""How far back a node's last reading is looked for: older silence is simply "long"."""
+
+
 def last_seen_query(farm: str, blocks: Sequence[Block], before: datetime) -> str:
     ids = [b.id for b in blocks]
     return (
         "SELECT last(seq) FROM telemetry"
         f" WHERE farm = {quote_literal(farm)} AND block =~ {quote_regex_alternatives(ids)}"
-        f" AND time < {to_ns(before)} GROUP BY node"
+        f" AND time >= {to_ns(before - LAST_SEEN_HORIZON)} AND time < {to_ns(before)}"
+        " GROUP BY node"
     )
 
 
