@@ -134,7 +134,8 @@ def grid_from_series(
 
 
 def _apply_last_seen(grid: Grid, series: Sequence[Series], start: datetime) -> None:
-    prior = np.full(grid.n_nodes, np.nan)
+    # A listed node not heard for the whole horizon counts as silent for "very long".
+    prior = np.full(grid.n_nodes, np.inf)
     index = {n: i for i, n in enumerate(grid.nodes)}
     for s in series:
         node = s.tags.get("node", "")

@@ -57,6 +57,9 @@ SPIKES_FOR_ALARM = 3  # ESTIMATE: three spikes in SPIKE_ALARM_WINDOW_S flag the 
 SPIKE_ALARM_WINDOW_S = 6 * 3600
 FAULT_CLEAR_AFTER_S = 3600
 
+# Stand-in age for a node whose retained status (or Last Will) says offline.
+STATUS_OFFLINE_AGE = 1e12
+
 # --- timing of block rules that are not agronomist thresholds (ESTIMATE) -------------------
 CLEAR_AFTER_S = 30 * 60  # a condition must be gone this long before its alarm clears
 SOIL_ALARM_AFTER_S = 2 * 3600
@@ -383,7 +386,7 @@ def evaluate(
                     subjects[s],
                     subject_block[s],
                     severity,  # type: ignore[arg-type]
-                    None if value != value or abs(value) == np.inf else value,
+                    None if value != value or abs(value) >= STATUS_OFFLINE_AGE else value,
                     th,
                     message(s, value, kind),
                 )
@@ -424,7 +427,7 @@ def evaluate(
         age = np.where(last >= 0, age, prior)
     if offline_now:
         flagged = np.array([n in offline_now for n in nodes])
-        age[flagged, -1] = np.inf
+        age[flagged, -1] = STATUS_OFFLINE_AGE
     offline_limit = (
         np.array(
             [[table.thresholds[b]["offline_after_min"] * 60.0] for b in grid.node_block.tolist()]
@@ -516,8 +519,10 @@ def evaluate(
 
 
 def _age_words(seconds: float) -> str:
+    if seconds >= STATUS_OFFLINE_AGE:
+        return "a while: its last status message says offline"
     if seconds != seconds or seconds == np.inf:
-        return "a while (its controller reported offline)"
+        return "more than a week, or has never reported"
     if seconds < 2 * 3600:
         return f"{seconds / 60:.0f} minutes"
     return f"{seconds / 3600:.1f} hours"
