@@ -528,7 +528,7 @@ def main(argv: Sequence[str] = ()) -> int:
     )
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--flood-messages", type=int, default=200_000)
-    parser.add_argument("--batch-messages", type=int, default=20_000)
+    parser.add_argument("--batch-messages", type=int, default=50_000)
     parser.add_argument("--batch-readings", type=int, default=20)
     parser.add_argument("--steady-rate", type=float, default=10_000)
     parser.add_argument("--steady-seconds", type=float, default=60)
