@@ -210,3 +210,53 @@ async def test_data_clock_follows_the_newest_reading(
         assert clock.now() == T0 + timedelta(minutes=29)
     finally:
         await client.aclose()
+
+
+async def test_watered_block_recovers_and_its_dry_alarm_clears(
+    stack: LiveStack, influx_db: InfluxSettings, influx: SyncInfluxClient, tmp_path: Path
+) -> None:
+    farm = f"farm-{uuid.uuid4().hex[:6]}"
+    orchard = small_orchard(farm=farm)
+    block = orchard.blocks[0]
+
+    def soil(m: float) -> float:
+        # Dry (below the 0.165 "too dry" level) until the water arrives at 4 h, then wet.
+        base = 0.16 if m < 240 else min(0.27, 0.16 + 0.004 * (m - 240))
+        return base + 0.0005 * ((m % 7) - 3) / 3
+
+    write_readings(influx, block, 360, soil=soil, farm=farm)
+    store = open_store(f"sqlite:///{tmp_path}/state.db")
+    clock = FixedClock(T0 + timedelta(minutes=70))
+    service = ControlService(
+        _settings(stack, influx_db, f"sqlite:///{tmp_path}/state.db"),
+        orchard=orchard,
+        engine=store,
+        clock=clock,
+    )
+    sim_clock = Clock()
+    sim_clock.now = T0 + timedelta(minutes=71)
+    controller = Controller(stack, farm, "b1-ctl", sim_clock, valves=("b1-v1",))
+    await controller.up()
+    await service.link.start()
+    await service.link.wait_connected()
+    try:
+        report = await service.tick()
+        [command] = report.commands
+        await until(lambda: service.link.online("b1-ctl") is True)
+        await until(lambda: list_commands(store)[0].state == "acknowledged", pump=service.link)
+        clock.set(T0 + timedelta(minutes=130))
+        await service.tick()
+        alarms = Alarms(store)
+        dry = alarms.get_active("soil_dry", block.id)
+        assert dry is not None and "too dry" in dry.message
+        clock.set(T0 + timedelta(minutes=330))
+        report = await service.tick()
+        # The rise that follows our own irrigation is not mistaken for rain.
+        assert not [d for d in report.decisions if d.code == "skip_rain"]
+        assert alarms.get_active("soil_dry", block.id) is None
+        assert alarms.get(dry.id).cleared_by == "control"
+        assert controller.runs == ["b1-v1"] and command.state == "queued"
+    finally:
+        await service.link.stop()
+        await controller.down()
+        await service.influx.aclose()
