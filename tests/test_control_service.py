@@ -260,3 +260,41 @@ async def test_watered_block_recovers_and_its_dry_alarm_clears(
         await service.link.stop()
         await controller.down()
         await service.influx.aclose()
+
+
+async def test_a_failing_block_does_not_stop_the_others(
+    stack: LiveStack,
+    influx_db: InfluxSettings,
+    influx: SyncInfluxClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import control.service as service_module
+    from orchard.layout import Orchard
+
+    farm = f"farm-{uuid.uuid4().hex[:6]}"
+    one = small_orchard(farm=farm, controller=False).blocks[0]
+    two = one.model_copy(update={"id": "b2"})
+    orchard = Orchard(farm=small_orchard(farm=farm).farm, blocks=[one, two])
+    for block in orchard.blocks:
+        write_readings(influx, block, 180, soil=lambda m: 0.15 + 0.0005 * (m % 3), farm=farm)
+    real_evaluate = service_module.evaluate
+
+    def flaky(grid, table, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if "b2" in grid.blocks:
+            raise ValueError("corrupt profile")
+        return real_evaluate(grid, table, *args, **kwargs)
+
+    monkeypatch.setattr(service_module, "evaluate", flaky)
+    service = ControlService(
+        _settings(stack, influx_db, f"sqlite:///{tmp_path}/state.db"),
+        orchard=orchard,
+        engine=open_store(f"sqlite:///{tmp_path}/state.db"),
+        clock=FixedClock(T0 + timedelta(minutes=170)),
+    )
+    try:
+        report = await service.tick()
+    finally:
+        await service.influx.aclose()
+    assert report.failed_blocks == ["b2"]
+    assert {d.block for d in report.decisions} == {"b1"}
