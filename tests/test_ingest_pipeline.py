@@ -299,6 +299,38 @@ async def test_bad_messages_are_dead_lettered_and_good_ones_flow_around_them(
     assert by_reason["bad_topic"].topic.endswith("/Bad.Node/telemetry")
 
 
+async def test_points_influxdb_refuses_are_dead_lettered_and_the_rest_stored(
+    stack: LiveStack, influx_db: InfluxSettings, influx: SyncInfluxClient
+) -> None:
+    farm, group, client_id = unique("f"), unique("g"), unique("ingest")
+    settings = fast_settings(stack.mqtt(), influx_db, client_id, group)
+    start = base_time()
+    node = unique("n")
+    # Someone wrote temperature as a string into this shard: every float temperature
+    # in the same shard is now a field type conflict, and InfluxDB refuses the batch.
+    influx.write(f'telemetry,block=b1,farm={farm},node=legacy temperature="warm" {to_ns(start)}')
+    async with running(settings) as service, Device(stack, farm, node) as device:
+        for i in range(300):
+            if i % 100 == 50:
+                device.publish(start + timedelta(seconds=i), i, temperature=21.0)
+            else:
+                device.publish(start + timedelta(seconds=i), i, humidity=70.0)
+        await device.drained()
+        assert await wait_count(influx, farm, 297) == 297
+        deadline = time.monotonic() + 10
+        while dead_letter_counts(influx).get("write_rejected", 0) < 3:
+            assert time.monotonic() < deadline, dead_letter_counts(influx)
+            await asyncio.sleep(0.2)
+        assert service._unacked == 0  # refused points were acknowledged too
+    await forget_session(stack.mqtt(), client_id)
+    assert count(influx, farm, "humidity") == 297
+    letters = read_dead_letters(influx, reason="write_rejected")
+    assert len(letters) == 3
+    assert all("temperature=21.0" in letter.payload for letter in letters)
+    assert all("field type conflict" in letter.detail for letter in letters)
+    assert {letter.topic for letter in letters} == {device.topic}
+
+
 async def test_duplicates_and_redeliveries_do_not_double_counts(
     stack: LiveStack, influx_db: InfluxSettings, influx: SyncInfluxClient
 ) -> None:
