@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import gmqtt
 import httpx
 import pytest
 
@@ -329,6 +330,70 @@ async def test_points_influxdb_refuses_are_dead_lettered_and_the_rest_stored(
     assert all("temperature=21.0" in letter.payload for letter in letters)
     assert all("field type conflict" in letter.detail for letter in letters)
     assert {letter.topic for letter in letters} == {device.topic}
+
+
+async def test_node_status_from_retained_messages_and_last_will(
+    stack: LiveStack, influx_db: InfluxSettings, influx: SyncInfluxClient
+) -> None:
+    farm, group, client_id = unique("f"), unique("g"), unique("ingest")
+    settings = fast_settings(stack.mqtt(), influx_db, client_id, group)
+    steady, vanished, late = unique("n"), unique("n"), unique("n")
+    online_at = datetime.now(UTC).replace(microsecond=250_000) - timedelta(minutes=3)
+
+    def status_topic(node: str) -> str:
+        return f"orchard/{farm}/b1/{node}/status"
+
+    # Before ingest ever subscribed: one node announced itself (retained), another
+    # vanished and the broker published its retained Last Will.
+    async with Device(stack, farm, steady) as device:
+        online = {
+            "node": steady,
+            "state": "online",
+            "firmware": "2.1.0",
+            "ts": online_at.isoformat(),
+        }
+        device.client.publish(status_topic(steady), json.dumps(online), qos=1, retain=True)
+        await device.drained()
+    will = gmqtt.Message(
+        status_topic(vanished),
+        json.dumps({"node": vanished, "state": "offline"}),
+        qos=1,
+        retain=True,
+    )
+    mqtt = stack.mqtt(vanished)
+    dying = make_client(unique("dev"), mqtt, will=will)
+    await connect(dying, mqtt)
+    dying.stop_reconnect()
+    dying._connection._transport.abort()  # no DISCONNECT: the broker sends the will
+    await asyncio.sleep(0.5)
+
+    async with running(settings), Device(stack, farm, late) as device:
+        live = {
+            "node": late,
+            "state": "online",
+            "kind": "valve_controller",
+            "ts": datetime.now(UTC).isoformat(),
+        }
+        device.client.publish(status_topic(late), json.dumps(live), qos=1)
+        await device.drained()
+        deadline = time.monotonic() + 10
+        rows: list[dict[str, object]] = []
+        while len(rows) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            series = influx.query_one(
+                f"SELECT * FROM node_status WHERE farm = '{farm}' GROUP BY node", epoch="ns"
+            )
+            rows = [dict(r, node=s.tags["node"]) for s in series for r in s.rows()]
+    await forget_session(stack.mqtt(), client_id)
+    by_node = {str(r["node"]): r for r in rows}
+    assert set(by_node) == {steady, vanished, late}
+    assert by_node[steady]["online"] == 1
+    assert by_node[steady]["firmware"] == "2.1.0"
+    assert by_node[steady]["time"] == to_ns(online_at)
+    assert by_node[vanished]["online"] == 0
+    assert by_node[vanished]["state"] == "offline"
+    assert by_node[late]["online"] == 1
+    assert by_node[late]["kind"] == "valve_controller"
 
 
 async def test_duplicates_and_redeliveries_do_not_double_counts(
