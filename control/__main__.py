@@ -29,8 +29,15 @@ async def _serve(once: bool) -> int:
         "on" if settings.webhook.enabled else "off",
     )
     if once:
-        report = await service.tick()
-        await service.influx.aclose()
+        from orchard.influx import InfluxError
+
+        try:
+            report = await service.tick()
+        except InfluxError as exc:
+            log.error("tick failed: %s", exc)
+            return 1
+        finally:
+            await service.influx.aclose()
         print(
             f"tick at {report.now.isoformat()}: {len(report.alarms)} alarm changes, "
             f"{len(report.decisions)} decisions, {len(report.commands)} commands"

@@ -675,8 +675,21 @@ class ControlService:
 
     # --- running ---------------------------------------------------------------------------
 
+    async def _ensure_database(self, stop: asyncio.Event) -> None:
+        """Create the database if needed; an InfluxDB that is not up yet is waited for."""
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await self.influx.create_database()
+                return
+            except InfluxError as exc:
+                log.warning("InfluxDB not ready (%s); retrying in %.0fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 30.0)
+
     async def run(self, stop: asyncio.Event) -> None:
-        await self.influx.create_database()
+        await self._ensure_database(stop)
         tasks = [asyncio.create_task(self.dispatcher.run(stop), name="webhooks")]
         connect = asyncio.create_task(self.link.start(stop), name="mqtt-connect")
         tasks.append(asyncio.create_task(self.link.run(stop), name="commands"))
