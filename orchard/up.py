@@ -17,10 +17,12 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from pydantic import Field
 
 from orchard.broker import SERVICE_USERS, device_password
@@ -162,6 +164,28 @@ class Stack:
             )
             proc.start()
             self.services.append((spec, proc))
+            if spec.name == "ingest":
+                self._wait_for_ingest_subscription(proc)
+
+    def _wait_for_ingest_subscription(self, proc: ManagedProcess, timeout: float = 30.0) -> None:
+        """Hold the other services until ingest has subscribed.
+
+        On a fresh broker, ingest's persistent session does not exist until its first
+        subscription; readings published before it would be dropped by the broker.
+        """
+        url = f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.running:
+                raise StackError(f"ingest exited during start-up:\n{proc.tail()}")
+            try:
+                text = httpx.get(url, timeout=1).text
+            except httpx.HTTPError:
+                text = ""
+            if "ingest_mqtt_connected 1.0" in text:
+                return
+            time.sleep(0.2)
+        raise StackError(f"ingest did not subscribe within {timeout:.0f}s:\n{proc.tail()}")
 
     def stop(self) -> None:
         # Simulator first (no new data), ingest last among services (it flushes what it holds).
