@@ -176,6 +176,18 @@ def outcome(
     return out
 
 
+def _ensure_estimators() -> None:
+    """Register the harvest ready-date estimator even when nothing imported harvest yet
+    (a backtest run without the API, e.g. from a script); without it the replay would
+    drop the maturity readings and report no ready date."""
+    if _readiness:
+        return
+    try:
+        import control.harvest  # noqa: F401  (registers at import)
+    except ImportError:
+        return
+
+
 def _differences(current: Outcome, proposed: Outcome) -> list[str]:
     lines: list[str] = []
     if (
@@ -233,6 +245,7 @@ def backtest(
     )
     current_th = _effective(block, on, current_overrides)
     proposed_th = with_proposed(block, on, current_overrides, proposed)
+    _ensure_estimators()
     t0 = time.perf_counter()
     # Battery readings only matter to a proposal about batteries; skipping them cuts a
     # quarter of the data to fetch and decode.

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from control.engine import FIELDS, Grid
+from control.engine import F64, FIELDS, Grid
 from orchard.influx import (
     InfluxClient,
     Series,
@@ -71,6 +71,53 @@ def last_seen_query(farm: str, blocks: Sequence[Block], before: datetime) -> str
     )
 
 
+def last_maturity_query(farm: str, blocks: Sequence[Block], before: datetime) -> str:
+    """Each node's latest maturity reading within the horizon (maturity is sampled rarely)."""
+    ids = [b.id for b in blocks]
+    return (
+        'SELECT last("maturity") AS "maturity" FROM telemetry'
+        f" WHERE farm = {quote_literal(farm)} AND block =~ {quote_regex_alternatives(ids)}"
+        f" AND time >= {to_ns(before - LAST_SEEN_HORIZON)} AND time < {to_ns(before)}"
+        " GROUP BY node"
+    )
+
+
+def bin_series(
+    series: Sequence[Series],
+    node_index: dict[str, int],
+    t0: float,
+    step_s: float,
+    n_bins: int,
+    time_unit_s: float,
+) -> dict[str, F64]:
+    """Mean of each field per (node, bin) over ``n_bins`` bins from ``t0`` (NaN: nothing)."""
+    n_nodes = len(node_index)
+    size = n_nodes * n_bins
+    sums = {f: np.zeros(size) for f in FIELDS}
+    counts = {f: np.zeros(size) for f in FIELDS}
+    for s in series:
+        node = s.tags.get("node", "")
+        if node not in node_index or not s.values:
+            continue
+        data = np.array(s.values, dtype=np.float64)  # None -> NaN
+        cols = {c: i for i, c in enumerate(s.columns)}
+        bins = np.floor((data[:, cols["time"]] * time_unit_s - t0) / step_s).astype(np.int64)
+        ok = (bins >= 0) & (bins < n_bins)
+        flat = node_index[node] * n_bins + bins[ok]
+        for f in FIELDS:
+            if f not in cols:
+                continue
+            v = data[ok, cols[f]]
+            present = ~np.isnan(v)
+            sums[f] += np.bincount(flat[present], weights=v[present], minlength=size)
+            counts[f] += np.bincount(flat[present], minlength=size)
+    values = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for f in FIELDS:
+            values[f] = (sums[f] / counts[f]).reshape(n_nodes, n_bins)
+    return values
+
+
 def grid_from_series(
     series: Sequence[Series],
     blocks: Sequence[Block],
@@ -102,29 +149,7 @@ def grid_from_series(
             node_index[node] = len(nodes)
             nodes.append(node)
             node_block.append(block_index[block])
-    n_nodes = len(nodes)
-    sums = {f: np.zeros(n_nodes * n_bins) for f in FIELDS}
-    counts = {f: np.zeros(n_nodes * n_bins) for f in FIELDS}
-    for s in series:
-        node = s.tags.get("node", "")
-        if node not in node_index or not s.values:
-            continue
-        data = np.array(s.values, dtype=np.float64)  # None -> NaN
-        cols = {c: i for i, c in enumerate(s.columns)}
-        bins = np.floor((data[:, cols["time"]] * time_unit_s - t0) / step_s).astype(np.int64)
-        ok = (bins >= 0) & (bins < n_bins)
-        flat = node_index[node] * n_bins + bins[ok]
-        for f in FIELDS:
-            if f not in cols:
-                continue
-            v = data[ok, cols[f]]
-            present = ~np.isnan(v)
-            sums[f] += np.bincount(flat[present], weights=v[present], minlength=n_nodes * n_bins)
-            counts[f] += np.bincount(flat[present], minlength=n_nodes * n_bins)
-    values = {}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for f in FIELDS:
-            values[f] = (sums[f] / counts[f]).reshape(n_nodes, n_bins)
+    values = bin_series(series, node_index, t0, step_s, n_bins, time_unit_s)
     return Grid(
         times_s=times,
         nodes=nodes,
@@ -143,6 +168,16 @@ def _apply_last_seen(grid: Grid, series: Sequence[Series], start: datetime) -> N
         if node in index and s.values:
             prior[index[node]] = start.timestamp() - s.values[0][0] / 1000.0
     grid.prior_age_s = prior
+
+
+def _apply_last_maturity(grid: Grid, series: Sequence[Series]) -> None:
+    prior = np.full(grid.n_nodes, np.nan)
+    index = {n: i for i, n in enumerate(grid.nodes)}
+    for s in series:
+        node = s.tags.get("node", "")
+        if node in index and s.values and s.values[0][-1] is not None:
+            prior[index[node]] = float(s.values[0][-1])
+    grid.prior_maturity = prior
 
 
 def _slices(
@@ -209,6 +244,7 @@ def load_grid(
     grid = grid_from_series(series, blocks, start, end, step_s, time_unit_s=unit)
     if with_last_seen and blocks:
         _apply_last_seen(grid, client.query_one(last_seen_query(farm, blocks, start)), start)
+        _apply_last_maturity(grid, client.query_one(last_maturity_query(farm, blocks, start)))
     return grid
 
 
@@ -225,9 +261,11 @@ async def aload_grid(
     q = telemetry_query(farm, blocks, start, end)
     if with_last_seen and blocks:
         q += "; " + last_seen_query(farm, blocks, start)
+        q += "; " + last_maturity_query(farm, blocks, start)
     results = await client.query(q, epoch="ms")
     series = results[0] if results else []
     grid = grid_from_series(series, blocks, start, end, step_s)
-    if with_last_seen and len(results) > 1:
+    if with_last_seen and len(results) > 2:
         _apply_last_seen(grid, results[1], start)
+        _apply_last_maturity(grid, results[2])
     return grid

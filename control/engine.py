@@ -93,6 +93,9 @@ class Grid:
     values: dict[str, F64]
     # Seconds since the node was last heard before the window (NaN: unknown).
     prior_age_s: F64 | None = None
+    # Each node's latest maturity reading before the window (NaN: none known). Maturity is
+    # sampled rarely, so a live window of hours usually holds none.
+    prior_maturity: F64 | None = None
 
     @property
     def n_nodes(self) -> int:
@@ -491,14 +494,26 @@ def evaluate(
             "vpd": float(agg["vpd"][b, -1]) if grid.n_times else np.nan,
             "healthy_nodes": float(agg["healthy_soil_nodes"][b, -1]) if grid.n_times else 0.0,
         }
-    # Maturity is sampled rarely (a reading a day or less): each node's latest value counts.
+    # Maturity is sampled rarely (a reading a day or less): each node's latest value counts,
+    # over the nodes that are healthy now (online, no sensor fault at the latest bin).
     maturity = grid.field("maturity")
-    latest = np.full(grid.n_nodes, np.nan)
+    latest = (
+        grid.prior_maturity.astype(np.float64, copy=True)
+        if grid.prior_maturity is not None
+        else np.full(grid.n_nodes, np.nan)
+    )
     if grid.n_times:
         has = ~np.isnan(maturity)
         last_i = np.where(has.any(axis=1), grid.n_times - 1 - np.argmax(has[:, ::-1], axis=1), -1)
         ok = last_i >= 0
         latest[ok] = maturity[np.flatnonzero(ok), last_i[ok]]
+        healthy_now = np.ones(grid.n_nodes, dtype=bool)
+        for masks in (health.out_of_range, health.stuck, health.spiky):
+            for m in masks.values():
+                healthy_now &= ~m[:, -1]
+        with np.errstate(invalid="ignore"):
+            healthy_now &= age[:, -1] <= offline_limit[:, 0]
+        latest[~healthy_now] = np.nan
     block_maturity = _per_block(latest[:, None], grid.node_block, len(blocks), "median")[:, 0]
     for b, block in enumerate(blocks):
         snapshot[block]["maturity"] = float(block_maturity[b])

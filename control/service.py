@@ -36,7 +36,6 @@ from control import daily
 from control.alarms import AlarmChange, Alarms
 from control.clock import Clock, DataClock, WallClock
 from control.commands import Command, CommandSettings, ValveLink, list_commands, queue_command
-from control.data import aload_grid
 from control.engine import (
     AlarmTransition,
     BlockTable,
@@ -58,6 +57,7 @@ from control.store import (
 )
 from control.thresholds import EffectiveThresholds, Thresholds
 from control.webhooks import WebhookDispatcher, WebhookSender, WebhookSettings
+from control.window import RollingWindow
 from orchard.influx import InfluxClient, InfluxError, SyncInfluxClient
 from orchard.layout import Orchard, load_orchard
 from orchard.lineprotocol import encode_point, to_ns
@@ -95,6 +95,16 @@ class ControlSettings(OrchardSettings):
         default=8.0, gt=0, description="History loaded before the new readings (durations, stuck)"
     )
     control_max_catchup_h: float = Field(default=72.0, gt=0)
+    control_overlap_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Each tick fetches again the last seconds of the previous one (late writes)",
+    )
+    control_resync_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Reload the whole window this often (readings forwarded later than the overlap)",
+    )
     control_irrigate: bool = Field(
         default=True, description="Send valve commands (else advise only)"
     )
@@ -151,7 +161,10 @@ class TickReport:
     decisions: list[IrrigationDecision] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
     failed_blocks: list[str] = field(default_factory=list)
-    query_s: float = 0.0
+    query_s: float = 0.0  # the InfluxDB query alone
+    fetch_s: float = 0.0  # query + merging the rows into the rolling window
+    evaluate_s: float = 0.0  # the engine
+    full_fetch: bool = False  # the whole window was (re)loaded this tick
 
 
 def default_evaluators(settings: ControlSettings | None = None) -> list[Evaluator]:
@@ -196,6 +209,13 @@ class ControlService:
             listener=self._on_command,
         )
         self.evaluators: list[Evaluator] = default_evaluators(settings)
+        self.window = RollingWindow(
+            self.farm,
+            self.orchard.blocks,
+            settings.control_step_s,
+            overlap_s=settings.control_overlap_s,
+            resync_s=settings.control_resync_s,
+        )
         self._pending_lines: list[str] = []
 
     # --- clock ---------------------------------------------------------------------------
@@ -382,6 +402,7 @@ class ControlService:
                 blocks=[block.id],
                 values={k: v[rows] for k, v in grid.values.items()},
                 prior_age_s=None if grid.prior_age_s is None else grid.prior_age_s[rows],
+                prior_maturity=None if grid.prior_maturity is None else grid.prior_maturity[rows],
             )
             try:
                 r = evaluate(
@@ -431,15 +452,17 @@ class ControlService:
             return report
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        grid = await aload_grid(
-            self.influx, self.farm, blocks, start, end, step, with_last_seen=True
-        )
-        report.query_s = loop.time() - t0
+        grid = await self.window.update(self.influx, start.timestamp(), end.timestamp())
+        report.fetch_s = loop.time() - t0
+        report.query_s = self.window.stats.query_s
+        report.full_fetch = self.window.stats.full
+        t1 = loop.time()
         state = self._engine_state(now)
         offline = {n for n, up in self.link.presence.items() if up is False}
         result, report.failed_blocks = self._evaluate(
             grid, table, state, since.timestamp(), offline
         )
+        report.evaluate_s = loop.time() - t1
         if result is not None:
             self._apply_alarms(result.alarms)
             report.alarms = result.alarms
@@ -532,7 +555,10 @@ class ControlService:
                         .where(irrigation_decision.c.id == decision_id)
                         .values(command_ids=ids)
                     )
-            for valve in block.valves or [""]:
+            # One point per valve (dashboards filter by valve), each with its share of the
+            # block's water, so a sum over the points counts the water once.
+            valves = block.valves or [""]
+            for valve in valves:
                 self._pending_lines.append(
                     encode_point(
                         "irrigation",
@@ -542,7 +568,9 @@ class ControlService:
                             "command_id": ",".join(ids) or None,
                             "duration_s": d.duration_s,
                             "depth_mm": d.depth_mm,
-                            "water_m3": d.water_m3,
+                            "water_m3": None
+                            if d.water_m3 is None
+                            else round(d.water_m3 / len(valves), 4),
                             "reason": d.reason,
                         },
                         to_ns(datetime.fromtimestamp(d.t_s, UTC)),

@@ -240,3 +240,24 @@ def test_rule_helpers_wobble_raises_once() -> None:
     assert now.value[0] == 36.0
     with pytest.raises(ValueError, match="clear_at"):
         AlarmRule("heat", "above", raise_at=35.0, clear_at=36.0, raise_after_s=0, clear_after_s=0)
+
+
+def test_backtest_carries_maturity_to_the_readiness_date(influx: SyncInfluxClient) -> None:
+    orchard = small_orchard(nodes=4)
+    block = orchard.blocks[0]
+    # Starch index rising half a point a day from 1.5: the 3.0 threshold is passed on day 3.
+    write_readings(
+        influx,
+        block,
+        6 * 1440,
+        every_min=30,
+        soil=lambda m: 0.26,
+        temperature=lambda m: 20.0 + 5 * np.sin(m / 1440 * 2 * np.pi),
+        maturity=lambda m: 1.5 + 0.5 * (m // 1440),
+    )
+    end = T0 + timedelta(days=6)
+    # Degree-days: apple's 1400 are far away in May; the proposal lowers the target.
+    result = backtest(influx, orchard, block.id, T0, end, {"gdd_target": 300})
+    assert result.proposed.readiness_date == (T0 + timedelta(days=3)).date()
+    assert result.current.readiness_date is None  # 1400 degree-days not reached
+    assert any("ready date" in line for line in result.differences)

@@ -51,6 +51,7 @@ def write_readings(
     temperature: Profile | dict[str, Profile] = lambda m: 15.0,
     humidity: Profile | dict[str, Profile] = lambda m: 60.0,
     battery: Profile | dict[str, Profile] = lambda m: 3.9,
+    maturity: Profile | dict[str, Profile] | None = None,
     every_min: int = 1,
     start: datetime = T0,
     nodes: Sequence[str] | None = None,
@@ -69,6 +70,7 @@ def write_readings(
                 "temperature": pick(temperature, node)(m),
                 "humidity": pick(humidity, node)(m),
                 "battery": pick(battery, node)(m),
+                "maturity": None if maturity is None else pick(maturity, node)(m),
                 "seq": m,
             }
             if all(v is None for k, v in fields.items() if k != "seq"):

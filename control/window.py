@@ -1,0 +1,240 @@
+"""The live loop's rolling window: each node's recent readings kept in memory between ticks.
+
+A tick used to reload the whole context (hours of raw readings of every node) from
+InfluxDB. The window keeps them as numpy arrays (nodes × one-minute bins) and a tick asks
+InfluxDB only for what arrived since the previous one, in ONE query for all blocks:
+
+- ``time >= <end of the previous window> - overlap``: the bins of the last ``overlap_s``
+  are fetched again and replaced whole, so a reading written a little late (ingest's
+  batching, a node's short store-and-forward) still lands in its bin, and a point
+  rewritten by a redelivery is not counted twice;
+- every ``resync_s`` the whole window is reloaded, so readings forwarded later than the
+  overlap (a node back after an outage sends its backlog) are seen too.
+
+InfluxDB 1.x keeps one time per point, the device time ingest writes (a redelivered
+message overwrites itself); there is no write time to ask "what arrived since". The
+overlap and the periodic reload bound how long a late reading can stay unseen: at most
+``resync_s``. A reading older than the window is outside every rule's reach anyway.
+
+The window produces a :class:`~control.engine.Grid` exactly like
+:func:`control.data.grid_from_series` on the same period (same bins, same means, same
+prior age and maturity), so the engine is the same code for ticks and replays.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from control.data import bin_series, last_maturity_query, last_seen_query, telemetry_query
+from control.engine import F64, FIELDS, Grid
+from orchard.influx import InfluxClient, Series
+from orchard.layout import Block
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@dataclass
+class FetchStats:
+    """What the last :meth:`RollingWindow.update` did (for logs and the benchmark)."""
+
+    full: bool = False
+    rows: int = 0
+    bins: int = 0
+    query_s: float = 0.0
+
+
+class RollingWindow:
+    """Readings of ``blocks`` over ``[start_s, end_s)`` in bins of ``step_s``."""
+
+    def __init__(
+        self,
+        farm: str,
+        blocks: Sequence[Block],
+        step_s: float,
+        *,
+        overlap_s: float = 300.0,
+        resync_s: float = 3600.0,
+        slack_bins: int = 240,
+    ) -> None:
+        self.farm = farm
+        self.blocks = list(blocks)
+        self.step_s = float(step_s)
+        self.overlap_s = overlap_s
+        self.resync_s = resync_s
+        self.block_ids = [b.id for b in self.blocks]
+        self._block_index = {b: i for i, b in enumerate(self.block_ids)}
+        self.nodes: list[str] = []
+        node_block: list[int] = []
+        for b in self.blocks:
+            for n in b.sensor_nodes:
+                self.nodes.append(n)
+                node_block.append(self._block_index[b.id])
+        self.node_index = {n: i for i, n in enumerate(self.nodes)}
+        self.node_block = np.array(node_block, dtype=np.int64)
+        self._slack = max(1, slack_bins)
+        self._cap = 0
+        self._buf: dict[str, F64] = {}
+        self._lo = 0  # buffer column of start_s
+        self.start_s = math.nan
+        self.end_s = math.nan
+        # Bin time of each node's newest reading before start_s (-inf: none known).
+        self._before_s = np.full(len(self.nodes), -np.inf)
+        self._prior_maturity = np.full(len(self.nodes), np.nan)
+        self._synced_at = -math.inf
+        self.stats = FetchStats()
+
+    @property
+    def n_bins(self) -> int:
+        return 0 if math.isnan(self.start_s) else round((self.end_s - self.start_s) / self.step_s)
+
+    # --- the tick -------------------------------------------------------------------------
+
+    async def update(self, client: InfluxClient, start_s: float, end_s: float) -> Grid:
+        """Move the window to ``[start_s, end_s)`` (step-aligned) and fetch what is new."""
+        full = (
+            math.isnan(self.start_s)
+            or start_s >= self.end_s
+            or start_s < self.start_s
+            or end_s < self.end_s
+            or end_s - self._synced_at >= self.resync_s
+        )
+        fetch_from = (
+            start_s
+            if full
+            else max(start_s, math.floor((self.end_s - self.overlap_s) / self.step_s) * self.step_s)
+        )
+        q = telemetry_query(self.farm, self.blocks, _ts(fetch_from), _ts(end_s))
+        if full:
+            q += "; " + last_seen_query(self.farm, self.blocks, _ts(start_s))
+            q += "; " + last_maturity_query(self.farm, self.blocks, _ts(start_s))
+        t0 = time.perf_counter()
+        results = await client.query(q, epoch="ms")
+        query_s = time.perf_counter() - t0
+        series = results[0] if results else []
+        if full:
+            self._reset(start_s, end_s)
+            if len(results) > 2:
+                self._set_prior(results[1], results[2], start_s)
+            self._synced_at = end_s
+        else:
+            self._move(start_s, end_s)
+        rows = self.merge(series, fetch_from)
+        self.stats = FetchStats(full, rows, round((end_s - fetch_from) / self.step_s), query_s)
+        return self.grid()
+
+    def merge(self, series: Sequence[Series], from_s: float) -> int:
+        """Replace the bins from ``from_s`` to the window's end with the means of ``series``."""
+        self._adopt_new_nodes(series)
+        first = round((from_s - self.start_s) / self.step_s)
+        n = self.n_bins - first
+        if n <= 0:
+            return 0
+        values = bin_series(series, self.node_index, from_s, self.step_s, n, 0.001)
+        a = self._lo + first
+        for f in FIELDS:
+            self._buf[f][:, a : a + n] = values[f]
+        return sum(len(s.values) for s in series)
+
+    def grid(self) -> Grid:
+        a, b = self._lo, self._lo + self.n_bins
+        times = self.start_s + np.arange(self.n_bins) * self.step_s
+        with np.errstate(invalid="ignore"):
+            prior_age = self.start_s - self._before_s
+        return Grid(
+            times_s=times,
+            nodes=list(self.nodes),
+            node_block=self.node_block,
+            blocks=list(self.block_ids),
+            values={f: self._buf[f][:, a:b] for f in FIELDS},
+            prior_age_s=prior_age,
+            prior_maturity=self._prior_maturity.copy(),
+        )
+
+    # --- keeping the buffer ---------------------------------------------------------------
+
+    def _reset(self, start_s: float, end_s: float) -> None:
+        self.start_s, self.end_s = start_s, start_s
+        self._cap = round((end_s - start_s) / self.step_s) + self._slack
+        self._buf = {f: np.full((len(self.nodes), self._cap), np.nan) for f in FIELDS}
+        self._lo = 0
+        self.end_s = end_s
+
+    def _move(self, start_s: float, end_s: float) -> None:
+        drop = round((start_s - self.start_s) / self.step_s)
+        if drop > 0:
+            self._forget(drop)
+        self.start_s = start_s
+        width = round((end_s - start_s) / self.step_s)
+        if self._lo + width > self._cap:
+            # Out of slack: move the kept bins to the front (once every ``slack_bins``).
+            kept = round((self.end_s - start_s) / self.step_s)
+            self._cap = max(self._cap, width + self._slack)
+            for f in FIELDS:
+                new = np.full((len(self.nodes), self._cap), np.nan)
+                new[:, :kept] = self._buf[f][:, self._lo : self._lo + kept]
+                self._buf[f] = new
+            self._lo = 0
+        old_end = round((self.end_s - start_s) / self.step_s)
+        for f in FIELDS:
+            self._buf[f][:, self._lo + old_end : self._lo + width] = np.nan
+        self.end_s = end_s
+
+    def _forget(self, drop: int) -> None:
+        """Bins leaving the window still tell when each node was last heard and its maturity."""
+        a, b = self._lo, self._lo + drop
+        present = np.zeros((len(self.nodes), drop), dtype=bool)
+        for f in FIELDS:
+            present |= ~np.isnan(self._buf[f][:, a:b])
+        has = present.any(axis=1)
+        last = drop - 1 - np.argmax(present[:, ::-1], axis=1)
+        seen = self.start_s + last * self.step_s
+        self._before_s = np.where(has, np.maximum(self._before_s, seen), self._before_s)
+        m = self._buf["maturity"][:, a:b]
+        has_m = ~np.isnan(m).all(axis=1)
+        last_m = drop - 1 - np.argmax(~np.isnan(m[:, ::-1]), axis=1)
+        rows = np.flatnonzero(has_m)
+        self._prior_maturity[rows] = m[rows, last_m[rows]]
+        self._lo += drop
+
+    def _set_prior(
+        self, seen: Sequence[Series], maturity: Sequence[Series], start_s: float
+    ) -> None:
+        self._before_s = np.full(len(self.nodes), -np.inf)
+        self._prior_maturity = np.full(len(self.nodes), np.nan)
+        for s in seen:
+            i = self.node_index.get(s.tags.get("node", ""))
+            if i is not None and s.values:
+                # On the bin grid, as a replay of the same period measures the age.
+                t = s.values[0][0] / 1000.0
+                self._before_s[i] = math.floor(t / self.step_s) * self.step_s
+        for s in maturity:
+            i = self.node_index.get(s.tags.get("node", ""))
+            if i is not None and s.values and s.values[0][-1] is not None:
+                self._prior_maturity[i] = float(s.values[0][-1])
+
+    def _adopt_new_nodes(self, series: Sequence[Series]) -> None:
+        """A node the layout does not list still counts for its block (as in a replay)."""
+        new: list[tuple[str, int]] = []
+        for s in series:
+            node, block = s.tags.get("node", ""), s.tags.get("block", "")
+            if node and node not in self.node_index and block in self._block_index:
+                self.node_index[node] = len(self.nodes)
+                self.nodes.append(node)
+                new.append((node, self._block_index[block]))
+        if not new:
+            return
+        self.node_block = np.concatenate(
+            [self.node_block, np.array([b for _, b in new], dtype=np.int64)]
+        )
+        for f in FIELDS:
+            self._buf[f] = np.vstack([self._buf[f], np.full((len(new), self._cap), np.nan)])
+        self._before_s = np.concatenate([self._before_s, np.full(len(new), -np.inf)])
+        self._prior_maturity = np.concatenate([self._prior_maturity, np.full(len(new), np.nan)])
