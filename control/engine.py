@@ -495,7 +495,8 @@ def evaluate(
             "healthy_nodes": float(agg["healthy_soil_nodes"][b, -1]) if grid.n_times else 0.0,
         }
     # Maturity is sampled rarely (a reading a day or less): each node's latest value counts,
-    # over the nodes that are healthy now (online, no sensor fault at the latest bin).
+    # over the nodes online now. The temperature, soil and RH fault rules say nothing about
+    # the maturity sensor (harvest readiness judges those readings itself).
     maturity = grid.field("maturity")
     latest = (
         grid.prior_maturity.astype(np.float64, copy=True)
@@ -507,13 +508,9 @@ def evaluate(
         last_i = np.where(has.any(axis=1), grid.n_times - 1 - np.argmax(has[:, ::-1], axis=1), -1)
         ok = last_i >= 0
         latest[ok] = maturity[np.flatnonzero(ok), last_i[ok]]
-        healthy_now = np.ones(grid.n_nodes, dtype=bool)
-        for masks in (health.out_of_range, health.stuck, health.spiky):
-            for m in masks.values():
-                healthy_now &= ~m[:, -1]
         with np.errstate(invalid="ignore"):
-            healthy_now &= age[:, -1] <= offline_limit[:, 0]
-        latest[~healthy_now] = np.nan
+            online = age[:, -1] <= offline_limit[:, 0]
+        latest[~online] = np.nan
     block_maturity = _per_block(latest[:, None], grid.node_block, len(blocks), "median")[:, 0]
     for b, block in enumerate(blocks):
         snapshot[block]["maturity"] = float(block_maturity[b])
