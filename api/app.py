@@ -32,9 +32,10 @@ The orchard API: readings, node presence, thresholds, alarms, irrigation, listin
 backtests and device provisioning.
 
 Every endpoint except `/health`, `/health/ready` and this document needs a bearer token:
-`Authorization: Bearer orch_…`. Roles: **viewer** (read), **operator** (listings),
-**agronomist** (thresholds, alarms, irrigation, backtests), **admin** (everything,
-devices, tokens). No token or a bad one: 401; a role that may not: 403. Errors are
+`Authorization: Bearer orch_…`. Roles: **viewer** (read), **grower** (read, mark a
+block harvested), **operator** (listings), **agronomist** (thresholds, alarms,
+irrigation, backtests, harvests), **admin** (everything, devices, tokens). No token or a
+bad one: 401; a role that may not: 403. Errors are
 JSON: `{"detail": "what is wrong"}`.
 """
 
@@ -129,6 +130,20 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             {"name": "system", "description": "Health, readiness, metrics (open: health only)"},
             {"name": "farms, blocks, nodes", "description": "Orchard layout and node presence"},
             {"name": "readings", "description": "Latest values, history, CSV export"},
+            {
+                "name": "thresholds",
+                "description": "Effective thresholds, overrides with an audit log, backtests",
+            },
+            {"name": "alarms", "description": "List, acknowledge, clear, with history"},
+            {"name": "irrigation", "description": "Decisions, valve commands, manual runs"},
+            {
+                "name": "harvest",
+                "description": "Readiness per block and season; the grower marks a block harvested",
+            },
+            {"name": "listings", "description": "Lots for the shop: state and quantity"},
+            {"name": "webhooks", "description": "Outgoing webhook delivery log"},
+            {"name": "devices", "description": "Provisioning of node accounts on the broker"},
+            {"name": "tokens", "description": "API tokens and roles"},
         ],
     )
     app.state.settings = settings

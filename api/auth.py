@@ -23,7 +23,8 @@ TOKEN_PREFIX = "orch_"
 
 
 class Role(StrEnum):
-    viewer = "viewer"  # growers: read everything
+    viewer = "viewer"  # read everything: dashboards, kiosks, growers who only look
+    grower = "grower"  # read, and say in the field that a block is picked
     operator = "operator"  # shop: listings
     agronomist = "agronomist"  # thresholds, alarms, manual irrigation, backtests
     admin = "admin"  # devices, tokens, and everything else
@@ -36,6 +37,7 @@ class Permission(StrEnum):
     alarms_write = "alarms:write"
     irrigation_write = "irrigation:write"
     backtest_run = "backtest:run"
+    harvest_write = "harvest:write"
     devices_admin = "devices:admin"
     tokens_admin = "tokens:admin"
 
@@ -49,6 +51,10 @@ PERMISSIONS: dict[Permission, frozenset[Role]] = {
     Permission.irrigation_write: frozenset({Role.agronomist, Role.admin}),
     # A backtest only reads, but replays weeks of data: kept to those who tune thresholds.
     Permission.backtest_run: frozenset({Role.agronomist, Role.admin}),
+    # Marking a block harvested is final for the season and clears its readiness alarm:
+    # a state change, so not for read-only viewer tokens. It is the grower's word (issue 5)
+    # and agronomists record it on the grower's behalf.
+    Permission.harvest_write: frozenset({Role.grower, Role.agronomist, Role.admin}),
     Permission.devices_admin: frozenset({Role.admin}),
     Permission.tokens_admin: frozenset({Role.admin}),
 }

@@ -80,5 +80,6 @@ ThresholdsWriter = Annotated[Principal, Depends(require(Permission.thresholds_wr
 AlarmsWriter = Annotated[Principal, Depends(require(Permission.alarms_write))]
 IrrigationWriter = Annotated[Principal, Depends(require(Permission.irrigation_write))]
 BacktestRunner = Annotated[Principal, Depends(require(Permission.backtest_run))]
+HarvestWriter = Annotated[Principal, Depends(require(Permission.harvest_write))]
 DevicesAdmin = Annotated[Principal, Depends(require(Permission.devices_admin))]
 TokensAdmin = Annotated[Principal, Depends(require(Permission.tokens_admin))]

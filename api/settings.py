@@ -30,6 +30,21 @@ class ApiSettings(OrchardSettings):
     backtest_max_steps: int = Field(
         default=150_000, ge=100, description="Replay steps (period / step) one backtest may take"
     )
+    backtest_raw_max_days: float = Field(
+        default=3.0,
+        ge=0,
+        le=366,
+        description=(
+            "Backtests up to this long replay with the control loop's own step; longer ones "
+            "default to backtest_long_step_s (a request may still ask for step_s)"
+        ),
+    )
+    backtest_long_step_s: float = Field(
+        default=300.0,
+        ge=1,
+        le=3600,
+        description="Default replay step of long backtests: means over this many seconds",
+    )
     offline_after_s: float = Field(
         default=900.0,
         gt=0,

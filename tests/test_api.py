@@ -159,6 +159,7 @@ PROBES: dict[Permission, tuple[str, str, dict[str, object] | None]] = {
     Permission.alarms_write: ("POST", "/api/v1/alarms/999999/ack", None),
     Permission.irrigation_write: ("POST", "/api/v1/irrigation/commands/cmd-unknown1/cancel", None),
     Permission.backtest_run: ("POST", f"/api/v1/blocks/{BLOCK}/backtest", {"overrides": {"x": 1}}),
+    Permission.harvest_write: ("POST", "/api/v1/blocks/no-such-block/readiness/harvested", None),
     Permission.devices_admin: ("GET", "/api/v1/devices", None),
     Permission.tokens_admin: ("GET", "/api/v1/tokens", None),
 }
@@ -564,6 +565,71 @@ def test_listings_lifecycle_and_quantity(api: Api) -> None:
         assert (
             a.post(f"/api/v1/listings/{name}/state", json={"state": "withdrawn"}).status_code == 403
         )
+
+
+def test_grower_marks_a_block_harvested_once_and_its_alarm_clears(api: Api) -> None:
+    block = "mango-west"  # no other test here touches its readiness or alarms
+    alarm = (
+        Alarms(api.engine)  # type: ignore[arg-type]
+        .raise_alarm(
+            type="harvest_readiness",
+            subject=block,
+            farm=FARM,
+            block=block,
+            severity="major",
+            message="mango-west is ready",
+        )
+        .alarm
+    )
+    path = f"/api/v1/blocks/{block}/readiness"
+    with api.client("viewer") as v:
+        assert v.get(path).json() is None  # never evaluated
+        refused = v.post(path + "/harvested")
+        assert refused.status_code == 403 and "harvest:write" in refused.json()["detail"]
+    with api.client("operator") as o:
+        assert o.post(path + "/harvested").status_code == 403
+    with api.client("grower") as g:
+        assert g.post("/api/v1/blocks/no-such-block/readiness/harvested").status_code == 404
+        first = g.post(path + "/harvested")
+        assert first.status_code == 200, first.text
+        marked = first.json()
+        assert marked["state"] == "harvested" and marked["harvested_by"] == "test-grower"
+        assert g.get(path).json() == marked
+        cleared = g.get(f"/api/v1/alarms/{alarm.id}").json()
+        assert cleared["alarm"]["state"].startswith("cleared")
+        assert "harvested" in cleared["history"][-1]["message"]
+    with api.client("agronomist") as a:
+        # Repeating it (the agronomist on the grower's behalf) changes nothing.
+        again = a.post(path + "/harvested")
+        assert again.status_code == 200 and again.json() == marked
+        assert len(a.get(f"/api/v1/alarms/{alarm.id}").json()["history"]) == len(cleared["history"])
+        everything = a.get("/api/v1/readiness").json()
+        assert [r["state"] for r in everything if r["block"] == block] == ["harvested"]
+
+
+def test_backtest_says_which_step_it_replayed(api: Api) -> None:
+    path = f"/api/v1/blocks/{BLOCK}/backtest"
+    short = {"overrides": {"soil_trigger": 0.19}, "end": NOW.isoformat()}
+    with api.client("agronomist") as c:
+        r = c.post(path, json={**short, "start": (NOW - timedelta(hours=HOURS)).isoformat()})
+        assert r.status_code == 200, r.text
+        raw = r.json()
+        assert raw["step_s"] == raw["loop_step_s"] == 60
+        assert raw["step_note"].startswith("raw readings") and raw["readings"] > 0
+        long = {**short, "start": (NOW - timedelta(days=10)).isoformat()}
+        r = c.post(path, json=long)
+        assert r.status_code == 200, r.text
+        assert r.json()["step_s"] == 300 and "5-minute means" in r.json()["step_note"]
+        assert "step_s=60" in r.json()["step_note"]
+        r = c.post(path, json={**long, "step_s": 60})
+        assert r.status_code == 200 and r.json()["step_s"] == 60
+        assert "as asked" in r.json()["step_note"]
+        too_long = c.post(path, json={**short, "start": (NOW - timedelta(days=200)).isoformat()})
+        assert too_long.status_code == 422 and "at most" in too_long.json()["detail"]
+        assert c.post(path, json={**long, "step_s": 5}).status_code == 422
+        refused = c.post(path, json={**long, "overrides": {"soil_trigger": 0.9}})
+        assert refused.status_code == 422 and refused.json()["problems"][0]["key"] == "soil_trigger"
+        assert c.post("/api/v1/blocks/nowhere/backtest", json=long).status_code == 404
 
 
 def test_overview_counts_open_alarms(api: Api) -> None:

@@ -122,7 +122,7 @@ async def test_backtest_finds_what_the_live_loop_did(
         state_url=state_url,
         orchard_file=CONFIG_DIR / "orchard.toml",
         broker_passwd_file=Path(tempfile.mkdtemp()) / "passwd",
-        control_step_s=STEP_S,  # the backtest replays with the loop's own step by default
+        control_step_s=STEP_S,  # the step a backtest calls raw
     )
     _, token = create_token(engine, "maria", Role.agronomist)
     with running_api(api_settings) as url:
@@ -133,10 +133,13 @@ async def test_backtest_finds_what_the_live_loop_did(
                 "overrides": {},
                 "start": start.isoformat(),
                 "end": end.isoformat(),
+                # A week is past the raw-step default: ask for the loop's own step.
+                "step_s": STEP_S,
             },
             timeout=120,
         )
     assert r.status_code == 200, r.text
+    assert r.json()["step_s"] == STEP_S and "raw readings" in r.json()["step_note"]
     current = r.json()["current"]
     replay_alarms = sorted(
         (

@@ -144,6 +144,58 @@ def test_change_a_threshold_after_its_backtest(site: tuple[str, str, object, str
             browser.close()
 
 
+def test_grower_marks_a_ready_block_harvested(site: tuple[str, str, object, str]) -> None:
+    url, _token, engine, _shop = site
+    from control.harvest.tables import block_state
+    from orchard.layout import load_orchard
+
+    block = load_orchard(CONFIG_DIR / "orchard.toml").block("cherry-north")
+    now = datetime.now(UTC)
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(
+            block_state.insert().values(
+                farm=FARM,
+                block=block.id,
+                season=block.bloom_date,
+                state="ready",
+                state_since=now,
+                ready_on=now.date(),
+                evidence={"state": "ready"},
+                evaluated_at=now,
+            )
+        )
+    _, grower = create_token(engine, "ana", Role.grower)  # type: ignore[arg-type]
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+            page.goto(url + "/")
+            page.fill("#token", grower)
+            page.click("#token-form button")
+            page.wait_for_selector("#whoami:has-text('grower')")
+            card = page.locator(".card[data-block='cherry-north']")
+            card.locator("button.harvested").click()
+            page.wait_for_selector(
+                ".card[data-block='cherry-north'] dd.readiness:text-is('harvested')"
+            )
+            assert "final for the season" in dialogs[0]
+            assert card.locator("button.harvested").count() == 0
+            # Only ready blocks offer it, and a grower does not tune or acknowledge.
+            assert page.locator("button.harvested").count() == 0
+            assert page.is_hidden("#th-preview") and page.locator("#alarms button").count() == 0
+            assert errors == []
+        finally:
+            browser.close()
+    states = httpx.get(
+        url + "/api/v1/blocks/cherry-north/readiness", headers={"Authorization": f"Bearer {grower}"}
+    ).json()
+    assert states["state"] == "harvested" and states["harvested_by"] == "ana"
+
+
 def test_operator_publishes_and_corrects_a_listing(site: tuple[str, str, object, str]) -> None:
     url, _token, _engine, shop = site
     with playwright_api.sync_playwright() as p:

@@ -14,6 +14,7 @@ from api.deps import (
     AlarmsWriter,
     BacktestRunner,
     EngineDep,
+    HarvestWriter,
     InfluxDep,
     OrchardDep,
     Reader,
@@ -21,11 +22,13 @@ from api.deps import (
     ThresholdsWriter,
 )
 from api.queries import QueryLimitError, time_range, utc
+from api.routes.irrigation import control_now
 from api.routes.layout import BlockId, find_block
 from api.schemas import ERRORS, NOT_FOUND, ErrorBody
+from api.settings import ApiSettings
 from control.alarms import Alarm, AlarmEvent, AlarmNotFound, Alarms
 from control.backtest import backtest
-from control.harvest.engine import block_states
+from control.harvest.engine import block_states, mark_harvested
 from control.thresholds import (
     SPECS,
     AuditEntry,
@@ -296,6 +299,73 @@ def readiness(_: Reader, engine: EngineDep, orchard: OrchardDep) -> list[dict[st
     return block_states(engine, orchard.farm.id)
 
 
+READINESS_EXAMPLE = {
+    "farm": "sunny-hill",
+    "block": "apple-east",
+    "season": "2026-04-12",
+    "state": "harvested",
+    "state_since": "2026-09-14T07:30:00Z",
+    "ready_on": "2026-09-08",
+    "harvested_at": "2026-09-14T07:30:00Z",
+    "harvested_by": "grower-ana",
+    "forecast_date": None,
+    "evidence": {"state": "ready", "ready_nodes": 4, "healthy_nodes": 5},
+}
+
+
+def _current_season(engine: Any, orchard: Any, block_id: str) -> dict[str, Any] | None:
+    block = find_block(orchard, block_id)
+    rows = [
+        r
+        for r in block_states(engine, orchard.farm.id)
+        if r["block"] == block.id and r["season"] == block.bloom_date
+    ]
+    return rows[0] if rows else None
+
+
+@router.get(
+    "/blocks/{block_id}/readiness",
+    tags=["harvest"],
+    summary="Harvest readiness of one block this season (null before its first evaluation)",
+    responses={**NOT_FOUND, 200: {"content": {"application/json": {"example": READINESS_EXAMPLE}}}},
+)
+def block_readiness(
+    block_id: BlockId, _: Reader, engine: EngineDep, orchard: OrchardDep
+) -> dict[str, Any] | None:
+    return _current_season(engine, orchard, block_id)
+
+
+@router.post(
+    "/blocks/{block_id}/readiness/harvested",
+    tags=["harvest"],
+    summary="Mark the block harvested for this season (the grower's word; repeating it is harmless)",
+    description=(
+        "Sets the block's readiness state to `harvested` for the season (its bloom date), "
+        "which is final: later evaluations keep it. The block's `harvest_readiness` alarm is "
+        "cleared. Its lot is not touched: the shop still sells what was picked. Allowed "
+        "whatever the current state (fruit may be picked early before a storm). Marking an "
+        "already harvested block changes nothing and answers with who marked it first."
+    ),
+    responses={**NOT_FOUND, 200: {"content": {"application/json": {"example": READINESS_EXAMPLE}}}},
+)
+async def block_mark_harvested(
+    block_id: BlockId,
+    principal: HarvestWriter,
+    engine: EngineDep,
+    orchard: OrchardDep,
+    influx: InfluxDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    find_block(orchard, block_id)
+    # The control service's clock (the data clock in an accelerated demo): the harvest and
+    # the alarm's clearing must sit on the same time line as the evaluations and the raise.
+    now = await control_now(settings, influx, orchard.farm.id, wall_fallback=True)
+    row = await run_in_threadpool(
+        lambda: mark_harvested(engine, orchard, block_id, principal.name, now=now)
+    )
+    return dict(row)
+
+
 class BlockOverview(BaseModel):
     block: str
     name: str
@@ -405,7 +475,33 @@ class BacktestIn(BaseModel):
         default=None,
         ge=10,
         le=3600,
-        description="Replay step in seconds; default: the control loop's own (same results as live)",
+        description=(
+            "Replay step in seconds. Default: the control loop's own step (the raw readings, "
+            "same results as live) for periods up to ORCHARD_BACKTEST_RAW_MAX_DAYS (3 days), "
+            "5-minute means beyond (answers in seconds; see `step_note` in the answer). "
+            "Send the loop's step (60) to replay a long period on the raw readings."
+        ),
+        examples=[60],
+    )
+
+
+def backtest_step(
+    requested: float | None, period: timedelta, settings: ApiSettings
+) -> tuple[float, str]:
+    """The replay step of a backtest and a sentence an agronomist can read about it."""
+    loop = settings.control_step_s
+    if requested is not None:
+        if requested == loop:
+            return requested, f"raw readings: the control loop's own {loop:g} s step, as asked"
+        return requested, f"{requested:g} s means, as asked (the control loop steps {loop:g} s)"
+    raw_max = settings.backtest_raw_max_days
+    if period <= timedelta(days=raw_max) or settings.backtest_long_step_s <= loop:
+        return loop, f"raw readings: the control loop's own {loop:g} s step"
+    step = settings.backtest_long_step_s
+    return step, (
+        f"{step / 60:g}-minute means of the readings (default for periods over {raw_max:g} "
+        f"days, to answer in seconds); send step_s={loop:g} to replay the raw readings as "
+        "the control loop saw them (slower)"
     )
 
 
@@ -440,7 +536,7 @@ def backtest_block(
     max_days = settings.backtest_max_days
     if end - start > timedelta(days=max_days):
         raise HTTPException(422, f"a backtest covers at most {max_days:g} days")
-    step_s = body.step_s or settings.control_step_s
+    step_s, step_note = backtest_step(body.step_s, end - start, settings)
     steps = (end - start).total_seconds() / step_s
     if steps > settings.backtest_max_steps:
         raise HTTPException(
@@ -463,4 +559,7 @@ def backtest_block(
         raise _ThresholdRefused(exc) from None
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    return result.as_json()
+    answer = result.as_json()
+    answer["step_note"] = step_note
+    answer["loop_step_s"] = settings.control_step_s
+    return answer

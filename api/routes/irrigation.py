@@ -195,7 +195,7 @@ async def manual_irrigation(
             f"duration_min {body.duration_min:g} is above this block's max_run_min of {cap:g} "
             f"min: allowed 1 s to {cap:g} min (raise max_run_min to allow longer runs)",
         )
-    now = await _control_now(settings, influx, orchard.farm.id)
+    now = await control_now(settings, influx, orchard.farm.id)
     return await run_in_threadpool(
         lambda: queue_command(
             engine,
@@ -214,12 +214,19 @@ async def manual_irrigation(
     )
 
 
-async def _control_now(settings: ApiSettings, influx: InfluxClient, farm: str) -> datetime:
-    """Now in the control service's clock: commands carry issued/expiry times in it."""
+async def control_now(
+    settings: ApiSettings, influx: InfluxClient, farm: str, *, wall_fallback: bool = False
+) -> datetime:
+    """Now in the control service's clock: commands carry issued/expiry times in it.
+
+    Without telemetry the data clock has not started: 503, or the wall clock when
+    ``wall_fallback`` (for records that need a time but no delivery, e.g. a harvest)."""
     if settings.clock_kind == "wall":
         return WallClock().now()
     clock = DataClock(influx, farm)
     await clock.refresh()
     if not clock.ready:
+        if wall_fallback:
+            return WallClock().now()
         raise HTTPException(503, "no telemetry yet: the demo's data clock has not started")
     return clock.now()

@@ -3,7 +3,9 @@
 "use strict";
 
 const state = { token: localStorage.getItem("orchard-token") || "", role: null, orchard: null,
-  thresholds: null, previewed: null, dataTime: {} };
+  thresholds: null, previewed: null, dataTime: {}, perms: new Set() };
+// What the token may do comes from /whoami (the server's permission table), not from role names.
+const may = (permission) => state.perms.has(permission);
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -31,7 +33,11 @@ function say(text, ok) {
 class ApiError extends Error {
   constructor(status, body) {
     const detail = body && body.detail;
-    super(typeof detail === "string" ? detail : JSON.stringify(detail || body));
+    // A 422 from request validation lists its problems: say each as "field: what is wrong".
+    const say = (d) => (Array.isArray(d)
+      ? d.map((e) => `${(e.loc || []).filter((p) => p !== "body" && p !== "query").join(".")}: ${e.msg}`).join("; ")
+      : JSON.stringify(d));
+    super(typeof detail === "string" ? detail : detail ? say(detail) : `HTTP ${status}: ${String(body).slice(0, 200)}`);
     this.status = status;
     this.body = body;
   }
@@ -68,10 +74,24 @@ async function loadOverview() {
         el("dt", {}, "healthy nodes"), el("dd", {}, s.healthy_nodes ?? "–"),
         el("dt", {}, "open alarms"), el("dd", { class: "open-alarms" },
           b.open_alarms ? el("span", { class: `badge ${b.worst_severity}` }, `${b.open_alarms} · ${b.worst_severity}`) : "none"),
-        el("dt", {}, "readiness"), el("dd", {}, b.readiness ? `${b.readiness.replace("_", " ")}${b.readiness_forecast ? " · " + b.readiness_forecast : ""}` : "–"),
-      ));
+        el("dt", {}, "readiness"), el("dd", { class: "readiness" }, b.readiness ? `${b.readiness.replace("_", " ")}${b.readiness_forecast ? " · " + b.readiness_forecast : ""}` : "–"),
+      ),
+      may("harvest:write") && (b.readiness === "ready" || b.readiness === "ready_soon")
+        ? el("button", { type: "button", class: "harvested", onclick: () => markHarvested(b.block) }, "Mark harvested")
+        : null);
   });
   $("#overview").replaceChildren(...cards);
+}
+
+async function markHarvested(block) {
+  if (!confirm(`Mark ${block} harvested? This is final for the season and clears its readiness alarm.`)) return;
+  try {
+    const row = await api(`/api/v1/blocks/${encodeURIComponent(block)}/readiness/harvested`, { method: "POST" });
+    say(`${block} marked harvested by ${row.harvested_by}.`, true);
+    await Promise.all([loadOverview(), loadAlarms()]);
+  } catch (err) {
+    say(err.message);
+  }
 }
 
 // --- thresholds, backtest, audit ----------------------------------------------------------------
@@ -162,8 +182,8 @@ async function previewBacktest() {
     ];
     $("#bt-summary").replaceChildren(...summary.map((r, i) => el("tr", {},
       ...r.map((c, j) => el(i === 0 || j === 0 ? "th" : "td", { class: j ? "num" : "" }, c)))));
-    $("#bt-caveat").textContent = `${bt.readings} readings from ${bt.nodes} nodes replayed in ` +
-      `${(bt.query_s + bt.replay_s).toFixed(2)} s. ${bt.caveat}`;
+    $("#bt-caveat").textContent = `${bt.readings} values from ${bt.nodes} nodes replayed in ` +
+      `${(bt.query_s + bt.replay_s).toFixed(2)} s on ${bt.step_note}. ${bt.caveat}`;
     $("#backtest").hidden = false;
     state.previewed = JSON.stringify(overrides);
     $("#th-save").disabled = false;
@@ -194,7 +214,7 @@ async function saveOverrides() {
 
 async function loadAlarms() {
   const alarms = await api(`/api/v1/alarms?state=${$("#alarm-state").value}&limit=100`);
-  const canWrite = state.role === "agronomist" || state.role === "admin";
+  const canWrite = may("alarms:write");
   const rows = alarms.map((a) => el("tr", { "data-alarm": a.id },
     el("td", {}, when(a.started_at)),
     el("td", {}, el("span", { class: `badge ${a.severity}` }, a.severity)),
@@ -224,7 +244,7 @@ const NEXT = { draft: ["published", "withdrawn"], published: ["sold_out", "withd
 
 async function loadListings() {
   const lots = await api("/api/v1/listings?limit=100");
-  const canWrite = state.role === "operator" || state.role === "admin";
+  const canWrite = may("listings:write");
   const rows = lots.map((l) => el("tr", { "data-lot": l.lot },
     el("td", {}, l.lot), el("td", {}, l.block), el("td", {}, l.grade),
     el("td", {}, `${l.harvest_window.start} – ${l.harvest_window.end}`),
@@ -260,13 +280,14 @@ async function start() {
   try {
     const me = await api("/api/v1/whoami");
     state.role = me.role;
+    state.perms = new Set(me.permissions);
     $("#whoami").textContent = `${me.name} · ${me.role}`;
     const blocks = await api("/api/v1/blocks");
     const farms = await api("/api/v1/farms");
     $("#farm-name").textContent = farms[0]?.name || "";
     const select = $("#th-block");
     select.replaceChildren(...blocks.map((b) => el("option", { value: b.id }, `${b.id} · ${b.crop}`)));
-    const canTune = me.role === "agronomist" || me.role === "admin";
+    const canTune = may("thresholds:write") && may("backtest:run");
     $("#th-preview").hidden = !canTune;
     $("#th-save").hidden = !canTune;
     say("");
