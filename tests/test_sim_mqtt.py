@@ -392,7 +392,10 @@ async def test_high_speed_catch_up_delivers_every_reading_in_order(
         await w.wait_for(lambda: len(readings()) >= expected, timeout=10)
     assert stats.readings_dropped_buffer == 0
     assert expected > 3 * 1000  # over two simulated days per node
-    assert len(w.messages) < expected / 5  # batched, not one message per reading
+    # Batched, not one message per reading. How many instants fit in one batch depends
+    # on how busy the machine is, so only the fact of batching is asserted.
+    sizes = [len(telemetry_readings(parse_telemetry(p))) for _, p, _ in w.messages]
+    assert max(sizes) > 1 and len(w.messages) < expected
     got = readings()
     for node, mine in taken.items():
         assert [(s, ts) for n, s, ts in got if n == node] == mine

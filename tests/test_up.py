@@ -13,8 +13,11 @@ import httpx
 import pytest
 
 from orchard.influx import SyncInfluxClient
-from orchard.settings import InfluxSettings
+from orchard.layout import load_orchard
+from orchard.settings import CONFIG_DIR, InfluxSettings
 from orchard.stack import _port_open, free_port
+
+ORCHARD_FILE = CONFIG_DIR / "orchard.toml"
 
 
 def _processes_mentioning(marker: str) -> list[int]:
@@ -69,6 +72,31 @@ def _wait_for_telemetry(influx_url: str, timeout: float) -> int:
     return count
 
 
+def _wait_for_first_readings(influx_url: str, nodes: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    with SyncInfluxClient(InfluxSettings(url=influx_url, database="orchard")) as influx:
+        while time.monotonic() < deadline:
+            series = influx.query_one(
+                "SELECT count(seq) FROM telemetry WHERE seq = 0 GROUP BY node"
+            )
+            if len(series) == nodes:
+                return True
+            time.sleep(1)
+    return False
+
+
+def _wait_for_http(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 @pytest.mark.slow
 def test_make_up_runs_the_orchard_and_stops_cleanly(tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
@@ -78,8 +106,11 @@ def test_make_up_runs_the_orchard_and_stops_cleanly(tmp_path: Path) -> None:
         try:
             count = _wait_for_telemetry(f"http://127.0.0.1:{ports['influx']}", timeout=90)
             assert count > 0, f"no telemetry stored on run {attempt}"
-            api = httpx.get(f"http://127.0.0.1:{ports['api']}/health", timeout=5)
-            assert api.status_code == 200
+            assert _wait_for_http(f"http://127.0.0.1:{ports['api']}/health", timeout=60)
+            # Ingest subscribes before the simulator starts, so even every node's very
+            # first reading (seq 0) is stored: nothing is lost at start-up.
+            sensors = sum(len(b.sensor_nodes) for b in load_orchard(ORCHARD_FILE).blocks)
+            assert _wait_for_first_readings(f"http://127.0.0.1:{ports['influx']}", sensors, 30)
         finally:
             proc.send_signal(signal.SIGINT)
             try:
