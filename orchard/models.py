@@ -64,8 +64,8 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-class Reading(BaseModel):
-    """One sample from one node. Absent sensors are omitted, never sent as null or 0."""
+class _Sample(BaseModel):
+    """The fields of one sample, shared by a batch's readings and a single-reading message."""
 
     model_config = _STRICT
 
@@ -81,26 +81,22 @@ class Reading(BaseModel):
     _to_utc = field_validator("ts")(_utc)
 
 
-class Telemetry(BaseModel):
-    """Telemetry with a single reading (the common case for a live node)."""
+class Reading(_Sample):
+    """One sample from one node. Absent sensors are omitted, never sent as null or 0."""
 
-    model_config = _STRICT
+
+class Telemetry(_Sample):
+    """Telemetry with a single reading (the common case for a live node)."""
 
     v: Literal[1] = Field(default=1, description="Contract version")
     node: Identifier = Field(description="Node id; must equal the node level of the topic")
-    ts: AwareDatetime
-    seq: Sequence
-    temperature: Temperature | None = None
-    humidity: Humidity | None = None
-    soil_moisture: SoilMoisture | None = None
-    maturity: Maturity | None = None
-    battery: Battery | None = None
-    rssi: Rssi | None = None
-
-    _to_utc = field_validator("ts")(_utc)
 
     def readings(self) -> list[Reading]:
-        return [Reading.model_validate(self.model_dump(exclude={"v", "node"}))]
+        # Already validated: copy the sample's fields without validating them again.
+        return [Reading.model_construct(**{name: getattr(self, name) for name in _SAMPLE_FIELDS})]
+
+
+_SAMPLE_FIELDS = tuple(_Sample.model_fields)
 
 
 class TelemetryBatch(BaseModel):
