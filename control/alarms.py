@@ -655,9 +655,20 @@ def rule_transitions(
         esc_ok = np.zeros_like(raise_ok)
     first = int(np.searchsorted(times, since_s, side="right"))
     out: list[tuple[int, int, str, str]] = []
+    # Only subjects where something can happen after ``since_s`` need the loop: an inactive
+    # one with a raise condition, an active one with a clear or escalate condition. With
+    # thousands of nodes most have neither, and the test is one vectorised pass.
+    can_raise = raise_ok[:, first:].any(axis=1)
+    can_change = clear_ok[:, first:].any(axis=1) | esc_ok[:, first:].any(axis=1)
+    is_active = np.zeros(values.shape[0], dtype=bool)
+    if active:
+        for s, subject in enumerate(subjects):
+            if (rule.type, subject) in active:
+                is_active[s] = True
+    todo = np.flatnonzero(np.where(is_active, can_change, can_raise))
     # Jump from one state change to the next with searchsorted on each subject's true
     # indices: the Python loop runs once per alarm episode, not once per sample.
-    for s in range(values.shape[0]):
+    for s in todo.tolist():
         key = (rule.type, subjects[s])
         state = active.get(key)
         r_idx = np.flatnonzero(raise_ok[s])

@@ -151,3 +151,149 @@ def main(argv: Sequence[str] = ()) -> int:
         influxd.stop()
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def tick_orchard(blocks: int, nodes_per_block: int) -> Orchard:
+    return Orchard(
+        farm=Farm(id="bench-farm"),
+        blocks=[
+            Block(
+                id=f"blk{b:03d}",
+                crop="apple",
+                soil="loam",
+                area_ha=2.0,
+                trees=1500,
+                bloom_date=date(2026, 4, 10),
+                latitude=34.3,
+                node_count=nodes_per_block,
+                controller=f"blk{b:03d}-ctl",
+                valves=[f"blk{b:03d}-v1"],
+            )
+            for b in range(blocks)
+        ],
+    )
+
+
+def minute_lines(orchard: Orchard, minute: int, t0: int, rng: np.random.Generator) -> list[str]:
+    """One reading of every node for minute ``minute`` after ``t0`` (epoch s)."""
+    hours = minute / 60.0
+    lines = []
+    ts = (t0 + minute * 60) * 1_000_000_000
+    for block in orchard.blocks:
+        nodes = block.sensor_nodes
+        temp = 14 + 9 * np.sin((hours - 9) / 24 * 2 * np.pi) + rng.normal(0, 0.3, len(nodes))
+        hum = 65 - 20 * np.sin((hours - 9) / 24 * 2 * np.pi) + rng.normal(0, 2, len(nodes))
+        soil = 0.27 - 0.0005 * hours + rng.normal(0, 0.002, len(nodes))
+        for k, node in enumerate(nodes):
+            lines.append(
+                f"telemetry,block={block.id},farm=bench-farm,node={node} "
+                f"temperature={temp[k]:.2f},humidity={hum[k]:.1f},soil_moisture={soil[k]:.4f},"
+                f"battery=3.9{k % 10},seq={minute}i {ts}"
+            )
+    return lines
+
+
+def tick_main(argv: Sequence[str] = ()) -> int:
+    """``orchard bench tick``: steady-state control ticks over a whole orchard."""
+    import asyncio
+
+    parser = argparse.ArgumentParser(
+        prog="orchard bench tick",
+        description="Times steady-state control ticks (InfluxDB query + rolling window + "
+        "engine + recording) for BLOCKS x NODES nodes reading once a minute, against a "
+        "throw-away influxd. Target (issue 4): under 200 ms for 10,000 nodes in 500 blocks.",
+    )
+    parser.add_argument("--blocks", type=int, default=500)
+    parser.add_argument("--nodes", type=int, default=20, help="nodes per block")
+    parser.add_argument("--hours", type=float, default=3.0, help="history written first")
+    parser.add_argument("--context-h", type=float, default=8.0, help="ORCHARD_CONTROL_CONTEXT_H")
+    parser.add_argument("--ticks", type=int, default=20, help="timed steady-state ticks")
+    args = parser.parse_args(list(argv))
+    return asyncio.run(_tick_bench(args))
+
+
+async def _tick_bench(args: argparse.Namespace) -> int:
+    from control.clock import FixedClock
+    from control.service import ControlService, ControlSettings
+
+    root = Path(tempfile.mkdtemp(prefix="orchard-bench-tick-"))
+    influxd = Influxd(root / "influx", free_port())
+    rng = np.random.default_rng(3)
+    orchard = tick_orchard(args.blocks, args.nodes)
+    n_nodes = args.blocks * args.nodes
+    t0 = int(datetime(2026, 6, 1, 6, tzinfo=UTC).timestamp())
+    history_min = int(args.hours * 60)
+    try:
+        influxd.start()
+        settings = InfluxSettings(url=influxd.url, database="bench", timeout_s=120)
+        with SyncInfluxClient(settings) as client:
+            client.create_database()
+            t = time.perf_counter()
+            for m in range(history_min):
+                client.write(minute_lines(orchard, m, t0, rng))
+            print(
+                f"wrote {history_min * n_nodes:,} readings ({n_nodes:,} nodes in {args.blocks} "
+                f"blocks, {args.hours:g} h, one a minute) in {time.perf_counter() - t:.1f}s"
+            )
+            clock = FixedClock(datetime.fromtimestamp(t0 + history_min * 60 + 1, UTC))
+            service = ControlService(
+                ControlSettings(
+                    influx=settings,
+                    state_url=f"sqlite:///{root / 'state.db'}",
+                    control_irrigate=False,
+                    control_context_h=args.context_h,
+                ),
+                orchard=orchard,
+                clock=clock,
+            )
+            service.evaluators = []  # harvest readiness has its own benchmark
+            try:
+                t = time.perf_counter()
+                first = await service.tick()
+                cold = time.perf_counter() - t
+                print(
+                    f"first tick (whole window loaded, daily agronomy): {cold * 1000:.0f} ms "
+                    f"(query {first.query_s * 1000:.0f} ms, engine {first.evaluate_s * 1000:.0f} ms)"
+                )
+                totals, queries, fetches, engines = [], [], [], []
+                minute = history_min
+                for i in range(args.ticks + 2):
+                    client.write(minute_lines(orchard, minute, t0, rng))
+                    minute += 1
+                    clock.set(datetime.fromtimestamp(t0 + minute * 60 + 1, UTC))
+                    t = time.perf_counter()
+                    report = await service.tick()
+                    elapsed = time.perf_counter() - t
+                    if i < 2 or report.full_fetch:  # warm-up
+                        continue
+                    totals.append(elapsed)
+                    queries.append(report.query_s)
+                    fetches.append(report.fetch_s)
+                    engines.append(report.evaluate_s)
+            finally:
+                await service.influx.aclose()
+
+        def figures(xs: list[float]) -> str:
+            xs = sorted(xs)
+            p99 = xs[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]
+            return (
+                f"p50 {statistics.median(xs) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+                f"max {xs[-1] * 1000:.0f} ms"
+            )
+
+        window_bins = int(args.context_h * 60) + 2
+        print(
+            f"steady-state tick ({len(totals)} ticks, one new minute each, "
+            f"{n_nodes:,} nodes x {window_bins} one-minute bins in the window):"
+        )
+        print(f"  whole tick:            {figures(totals)}")
+        print(f"  InfluxDB query:        {figures(queries)}")
+        print(f"  query + window merge:  {figures(fetches)}")
+        print(f"  engine (evaluate):     {figures(engines)}")
+        load = os.getloadavg()[0]
+        verdict = "OK" if statistics.median(totals) < 0.2 else "SLOWER than the 200 ms target"
+        print(f"target < 200 ms: {verdict}; load average {load:.1f} on {os.cpu_count()} cores")
+    finally:
+        influxd.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0

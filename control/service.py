@@ -101,9 +101,14 @@ class ControlSettings(OrchardSettings):
         description="Each tick fetches again the last seconds of the previous one (late writes)",
     )
     control_resync_s: float = Field(
-        default=3600.0,
+        default=600.0,
         gt=0,
-        description="Reload the whole window this often (readings forwarded later than the overlap)",
+        description="This often a tick fetches the last control_late_s again (late forwarding)",
+    )
+    control_late_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How late a store-and-forward reading may arrive and still be seen",
     )
     control_irrigate: bool = Field(
         default=True, description="Send valve commands (else advise only)"
@@ -215,6 +220,7 @@ class ControlService:
             settings.control_step_s,
             overlap_s=settings.control_overlap_s,
             resync_s=settings.control_resync_s,
+            late_s=settings.control_late_s,
         )
         self._pending_lines: list[str] = []
 

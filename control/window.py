@@ -4,17 +4,21 @@ A tick used to reload the whole context (hours of raw readings of every node) fr
 InfluxDB. The window keeps them as numpy arrays (nodes × one-minute bins) and a tick asks
 InfluxDB only for what arrived since the previous one, in ONE query for all blocks:
 
-- ``time >= <end of the previous window> - overlap``: the bins of the last ``overlap_s``
+- ``time >= <end of the previous window> - overlap_s``: the bins of the last ``overlap_s``
   are fetched again and replaced whole, so a reading written a little late (ingest's
-  batching, a node's short store-and-forward) still lands in its bin, and a point
-  rewritten by a redelivery is not counted twice;
-- every ``resync_s`` the whole window is reloaded, so readings forwarded later than the
-  overlap (a node back after an outage sends its backlog) are seen too.
+  batching, a short broker hiccup) still lands in its bin, and a point rewritten by a
+  redelivery is not counted twice;
+- every ``resync_s`` the tick fetches the last ``late_s`` instead (a catch-up), so
+  readings a node forwards late from its store-and-forward buffer after an outage are
+  seen within ``resync_s`` if they are at most ``late_s`` old;
+- the first tick (and a restart, or a jump of the clock) loads the whole window.
 
 InfluxDB 1.x keeps one time per point, the device time ingest writes (a redelivered
-message overwrites itself); there is no write time to ask "what arrived since". The
-overlap and the periodic reload bound how long a late reading can stay unseen: at most
-``resync_s``. A reading older than the window is outside every rule's reach anyway.
+message overwrites itself): there is no write time to ask "what arrived since", so the
+window works in device time and bounds lateness by the overlap and the catch-up. A late
+reading changes the bins it falls in for the rules that look back over them (durations,
+stuck, spikes, rain); decisions already taken for those minutes stay taken, as they were
+the right call on what was known then.
 
 The window produces a :class:`~control.engine.Grid` exactly like
 :func:`control.data.grid_from_series` on the same period (same bins, same means, same
@@ -31,14 +35,27 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from control.data import bin_series, last_maturity_query, last_seen_query, telemetry_query
+from control.data import last_maturity_query, last_seen_query
 from control.engine import F64, FIELDS, Grid
-from orchard.influx import InfluxClient, Series
+from orchard.influx import InfluxClient, Series, quote_ident, quote_literal
 from orchard.layout import Block
+from orchard.lineprotocol import to_ns
 
 
 def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def rows_query(farm: str, start_s: float, end_s: float, fields: Sequence[str] = FIELDS) -> str:
+    """Every reading of the farm in ``[start_s, end_s)`` as one table (node and block as
+    columns). Without ``GROUP BY`` InfluxDB 1.6 answers in about half the time for 10,000
+    series (measured: 0.4-0.55 s against 0.8-1.0 s), and numpy bins one table at once."""
+    return (
+        'SELECT "node", "block", '
+        + ", ".join(quote_ident(f) for f in fields)
+        + f" FROM telemetry WHERE farm = {quote_literal(farm)}"
+        f" AND time >= {to_ns(_ts(start_s))} AND time < {to_ns(_ts(end_s))}"
+    )
 
 
 @dataclass
@@ -46,6 +63,7 @@ class FetchStats:
     """What the last :meth:`RollingWindow.update` did (for logs and the benchmark)."""
 
     full: bool = False
+    catch_up: bool = False
     rows: int = 0
     bins: int = 0
     query_s: float = 0.0
@@ -61,7 +79,8 @@ class RollingWindow:
         step_s: float,
         *,
         overlap_s: float = 300.0,
-        resync_s: float = 3600.0,
+        resync_s: float = 600.0,
+        late_s: float = 3600.0,
         slack_bins: int = 240,
     ) -> None:
         self.farm = farm
@@ -69,6 +88,7 @@ class RollingWindow:
         self.step_s = float(step_s)
         self.overlap_s = overlap_s
         self.resync_s = resync_s
+        self.late_s = late_s
         self.block_ids = [b.id for b in self.blocks]
         self._block_index = {b: i for i, b in enumerate(self.block_ids)}
         self.nodes: list[str] = []
@@ -99,49 +119,80 @@ class RollingWindow:
 
     async def update(self, client: InfluxClient, start_s: float, end_s: float) -> Grid:
         """Move the window to ``[start_s, end_s)`` (step-aligned) and fetch what is new."""
-        full = (
+        reset = (
             math.isnan(self.start_s)
             or start_s >= self.end_s
             or start_s < self.start_s
             or end_s < self.end_s
-            or end_s - self._synced_at >= self.resync_s
         )
-        fetch_from = (
-            start_s
-            if full
-            else max(start_s, math.floor((self.end_s - self.overlap_s) / self.step_s) * self.step_s)
-        )
-        q = telemetry_query(self.farm, self.blocks, _ts(fetch_from), _ts(end_s))
-        if full:
+        catch_up = not reset and end_s - self._synced_at >= self.resync_s
+        if reset:
+            fetch_from = start_s
+        else:
+            back = self.late_s if catch_up else self.overlap_s
+            fetch_from = max(start_s, math.floor((self.end_s - back) / self.step_s) * self.step_s)
+        q = rows_query(self.farm, fetch_from, end_s)
+        if reset:
             q += "; " + last_seen_query(self.farm, self.blocks, _ts(start_s))
             q += "; " + last_maturity_query(self.farm, self.blocks, _ts(start_s))
         t0 = time.perf_counter()
         results = await client.query(q, epoch="ms")
         query_s = time.perf_counter() - t0
         series = results[0] if results else []
-        if full:
+        if reset:
             self._reset(start_s, end_s)
             if len(results) > 2:
                 self._set_prior(results[1], results[2], start_s)
-            self._synced_at = end_s
         else:
             self._move(start_s, end_s)
+        if reset or catch_up:
+            self._synced_at = end_s
         rows = self.merge(series, fetch_from)
-        self.stats = FetchStats(full, rows, round((end_s - fetch_from) / self.step_s), query_s)
+        self.stats = FetchStats(
+            reset, catch_up, rows, round((end_s - fetch_from) / self.step_s), query_s
+        )
         return self.grid()
 
     def merge(self, series: Sequence[Series], from_s: float) -> int:
-        """Replace the bins from ``from_s`` to the window's end with the means of ``series``."""
-        self._adopt_new_nodes(series)
+        """Replace the bins from ``from_s`` to the window's end with the means of the rows
+        of ``series`` (columns ``time, node, block, <FIELDS>``; other blocks are ignored)."""
         first = round((from_s - self.start_s) / self.step_s)
         n = self.n_bins - first
         if n <= 0:
             return 0
-        values = bin_series(series, self.node_index, from_s, self.step_s, n, 0.001)
+        for s in series:
+            if s.values:
+                node_col, block_col = s.columns.index("node"), s.columns.index("block")
+                self._adopt_new_nodes({(r[node_col], r[block_col]) for r in s.values})
+        count = 0
+        size = len(self.nodes) * n
+        sums = {f: np.zeros(size) for f in FIELDS}
+        counts = {f: np.zeros(size) for f in FIELDS}
+        for s in series:
+            if not s.values:
+                continue
+            cols = {c: i for i, c in enumerate(s.columns)}
+            node_col = cols["node"]
+            rows = s.values
+            count += len(rows)
+            index = self.node_index
+            node = np.fromiter((index.get(r[node_col], -1) for r in rows), np.int64, len(rows))
+            times = np.fromiter((r[0] for r in rows), np.float64, len(rows)) / 1000.0
+            present_fields = [f for f in FIELDS if f in cols]
+            data = np.array([[r[cols[f]] for f in present_fields] for r in rows], np.float64)
+            bins = np.floor((times - from_s) / self.step_s).astype(np.int64)
+            ok = (bins >= 0) & (bins < n) & (node >= 0)
+            flat = node[ok] * n + bins[ok]
+            for k, f in enumerate(present_fields):
+                v = data[ok, k]
+                have = ~np.isnan(v)
+                sums[f] += np.bincount(flat[have], weights=v[have], minlength=size)
+                counts[f] += np.bincount(flat[have], minlength=size)
         a = self._lo + first
-        for f in FIELDS:
-            self._buf[f][:, a : a + n] = values[f]
-        return sum(len(s.values) for s in series)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for f in FIELDS:
+                self._buf[f][:, a : a + n] = (sums[f] / counts[f]).reshape(len(self.nodes), n)
+        return count
 
     def grid(self) -> Grid:
         a, b = self._lo, self._lo + self.n_bins
@@ -220,11 +271,10 @@ class RollingWindow:
             if i is not None and s.values and s.values[0][-1] is not None:
                 self._prior_maturity[i] = float(s.values[0][-1])
 
-    def _adopt_new_nodes(self, series: Sequence[Series]) -> None:
+    def _adopt_new_nodes(self, seen: set[tuple[str, str]]) -> None:
         """A node the layout does not list still counts for its block (as in a replay)."""
         new: list[tuple[str, int]] = []
-        for s in series:
-            node, block = s.tags.get("node", ""), s.tags.get("block", "")
+        for node, block in sorted(seen):
             if node and node not in self.node_index and block in self._block_index:
                 self.node_index[node] = len(self.nodes)
                 self.nodes.append(node)

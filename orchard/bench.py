@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "sim": "firmware_sim.bench:main",
     "ingest": "ingest.bench:main",
     "backtest": "control.bench:main",
+    "tick": "control.bench:tick_main",
     "dashboards": "dashboards.bench:main",
     "harvest": "control.harvest.bench:main",
     "api": "api.bench:main",

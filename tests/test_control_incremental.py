@@ -117,10 +117,10 @@ async def test_incremental_ticks_decide_exactly_as_a_full_replay(
     table = BlockTable([block], [_effective(block, T0.date(), [])], farm)
     replay = evaluate(grid, table, EngineState(), float("-inf"))
 
-    def alarm_key(a):  # noqa: ANN001, ANN202
+    def alarm_key(a):
         return (a.t_s, a.type, a.subject, a.kind, a.severity)
 
-    def decision_key(d):  # noqa: ANN001, ANN202
+    def decision_key(d):
         return (d.t_s, d.action, d.code, d.duration_s, d.water_m3)
 
     assert sorted(map(alarm_key, alarms)) == sorted(map(alarm_key, replay.alarms))
@@ -162,7 +162,7 @@ async def test_window_catches_late_readings_within_the_overlap_and_on_reload(
     block = orchard.blocks[0]
     node = block.sensor_nodes[0]
     write_readings(influx, block, 60, soil=lambda m: 0.25, farm=farm)
-    window = RollingWindow(farm, [block], 60.0, overlap_s=300.0, resync_s=3600.0)
+    window = RollingWindow(farm, [block], 60.0, overlap_s=300.0, resync_s=3600.0, late_s=5400)
     t0 = T0.timestamp()
 
     def late(minute: int, value: float) -> None:
@@ -179,6 +179,9 @@ async def test_window_catches_late_readings_within_the_overlap_and_on_reload(
     try:
         grid = await window.update(client, t0, t0 + 3600)
         assert window.stats.full and window.stats.rows == 120
+        # Nothing new, nothing changed: the same grid.
+        await window.update(client, t0, t0 + 3600)
+        assert not window.stats.full and window.stats.rows == 10 and window.stats.bins == 5
         # A reading rewritten 3 minutes back (within the overlap) and one 20 minutes back.
         late(57, 0.31)
         late(40, 0.33)
@@ -190,14 +193,14 @@ async def test_window_catches_late_readings_within_the_overlap_and_on_reload(
         i40 = int(np.flatnonzero(grid.times_s == t0 + 40 * 60)[0])
         assert soil[0, i57] == pytest.approx((0.25 + 0.31) / 2)  # both points of the minute
         assert soil[0, i40] == 0.25  # older than the overlap: not seen yet
-        # The periodic reload (an hour after the last) sees it.
-        grid = await window.update(client, t0 + 180, t0 + 7200 + 60)
-        assert window.stats.full
+        # The periodic catch-up (an hour after the first load) fetches the last 90 minutes.
+        grid = await window.update(client, t0 + 180, t0 + 7200)
+        assert window.stats.catch_up and not window.stats.full and window.stats.bins == 117
         i40 = int(np.flatnonzero(grid.times_s == t0 + 40 * 60)[0])
         assert grid.field("soil_moisture")[0, i40] == pytest.approx((0.25 + 0.33) / 2)
         # The window equals a replay's grid of the same period.
         replay = load_grid(
-            influx, farm, [block], T0 + timedelta(minutes=3), T0 + timedelta(minutes=121)
+            influx, farm, [block], T0 + timedelta(minutes=3), T0 + timedelta(minutes=120)
         )
         for f, v in replay.values.items():
             np.testing.assert_array_equal(grid.values[f], v)
