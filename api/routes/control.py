@@ -462,7 +462,13 @@ class BacktestIn(BaseModel):
                     "overrides": {"soil_trigger": 0.19},
                     "start": "2026-06-01T00:00:00Z",
                     "end": "2026-07-01T00:00:00Z",
-                }
+                },
+                {
+                    "overrides": {"heat_c": 34, "max_run_min": None},
+                    "start": "2026-06-01T00:00:00Z",
+                    "end": "2026-06-15T00:00:00Z",
+                    "step_s": 60,
+                },
             ]
         },
     )

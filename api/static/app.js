@@ -288,8 +288,10 @@ async function start() {
     const select = $("#th-block");
     select.replaceChildren(...blocks.map((b) => el("option", { value: b.id }, `${b.id} · ${b.crop}`)));
     const canTune = may("thresholds:write") && may("backtest:run");
-    $("#th-preview").hidden = !canTune;
-    $("#th-save").hidden = !canTune;
+    // Only those who may tune see the proposal column, the reason and the buttons.
+    $("#th-actions").hidden = !canTune;
+    $("#th-period").hidden = !canTune;
+    $("#th-table").classList.toggle("read-only", !canTune);
     say("");
     await Promise.all([loadOverview(), loadThresholds(), loadAlarms(), loadListings()]);
   } catch (err) {
