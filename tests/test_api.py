@@ -358,6 +358,7 @@ def test_hostile_identifiers_never_reach_a_query(api: Api, hostile: str) -> None
         "/api/v1/blocks/{}/readings/history?field=temperature",
         "/api/v1/blocks/{}/export.csv",
         "/api/v1/blocks/{}/thresholds",
+        "/api/v1/blocks/{}/readiness",
         "/api/v1/nodes/{}",
         "/api/v1/nodes/{}/readings/latest",
         "/api/v1/nodes/{}/export.csv",
@@ -366,6 +367,9 @@ def test_hostile_identifiers_never_reach_a_query(api: Api, hostile: str) -> None
         for path in paths:
             r = c.get(path.format(quote(hostile, safe="")))
             # Refused by validation (422) or not found (404) - never data, never a 500.
+            assert r.status_code in (404, 422), (path, r.status_code, r.text)
+        for path in ("/api/v1/blocks/{}/readiness/harvested", "/api/v1/blocks/{}/backtest"):
+            r = c.post(path.format(quote(hostile, safe="")), json={"overrides": {}})
             assert r.status_code in (404, 422), (path, r.status_code, r.text)
         for param in ("block", "type", "subject"):
             r = c.get("/api/v1/alarms", params={param: hostile})
