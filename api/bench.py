@@ -64,8 +64,10 @@ def main(argv: Sequence[str] = ()) -> int:
         "--replay-step",
         type=float,
         default=None,
-        help="step_s sent with the request (default: none, the endpoint's own choice; "
-        "60 replays the raw readings)",
+        help="step_s sent with the request (default: none, the endpoint's own choice)",
+    )
+    parser.add_argument(
+        "--raw", action="store_true", help="ask for the raw readings (the loop's own step)"
     )
     args = parser.parse_args(list(argv))
     root = Path(tempfile.mkdtemp(prefix="orchard-bench-api-"))
@@ -102,6 +104,8 @@ def main(argv: Sequence[str] = ()) -> int:
         }
         if args.replay_step is not None:
             body["step_s"] = args.replay_step
+        if args.raw:
+            body["raw"] = True
         figures = []
         with running_api(settings) as url:
             headers = {"Authorization": f"Bearer {token}"}

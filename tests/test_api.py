@@ -624,10 +624,17 @@ def test_backtest_says_which_step_it_replayed(api: Api) -> None:
         r = c.post(path, json=long)
         assert r.status_code == 200, r.text
         assert r.json()["step_s"] == 300 and "5-minute means" in r.json()["step_note"]
-        assert "step_s=60" in r.json()["step_note"]
-        r = c.post(path, json={**long, "step_s": 60})
+        assert "raw readings" in r.json()["step_note"]
+        r = c.post(path, json={**long, "raw": True})
         assert r.status_code == 200 and r.json()["step_s"] == 60
-        assert "as asked" in r.json()["step_note"]
+        assert (
+            r.json()["step_note"].startswith("raw readings") and "as asked" in r.json()["step_note"]
+        )
+        r = c.post(path, json={**long, "step_s": 600})
+        assert r.status_code == 200 and r.json()["step_s"] == 600
+        assert "600 s means, as asked" in r.json()["step_note"]
+        both = c.post(path, json={**long, "raw": True, "step_s": 300})
+        assert both.status_code == 422 and "not both" in both.json()["detail"]
         too_long = c.post(path, json={**short, "start": (NOW - timedelta(days=200)).isoformat()})
         assert too_long.status_code == 422 and "at most" in too_long.json()["detail"]
         assert c.post(path, json={**long, "step_s": 5}).status_code == 422

@@ -134,7 +134,7 @@ async def test_backtest_finds_what_the_live_loop_did(
                 "start": start.isoformat(),
                 "end": end.isoformat(),
                 # A week is past the raw-step default: ask for the loop's own step.
-                "step_s": STEP_S,
+                "raw": True,
             },
             timeout=120,
         )

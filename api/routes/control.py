@@ -467,7 +467,7 @@ class BacktestIn(BaseModel):
                     "overrides": {"heat_c": 34, "max_run_min": None},
                     "start": "2026-06-01T00:00:00Z",
                     "end": "2026-06-15T00:00:00Z",
-                    "step_s": 60,
+                    "raw": True,
                 },
             ]
         },
@@ -485,17 +485,31 @@ class BacktestIn(BaseModel):
             "Replay step in seconds. Default: the control loop's own step (the raw readings, "
             "same results as live) for periods up to ORCHARD_BACKTEST_RAW_MAX_DAYS (3 days), "
             "5-minute means beyond (answers in seconds; see `step_note` in the answer). "
-            "Send the loop's step (60) to replay a long period on the raw readings."
+            "Use `raw` to replay a long period on the raw readings."
         ),
-        examples=[60],
+        examples=[300],
+    )
+    raw: bool = Field(
+        default=False,
+        description=(
+            "Replay the raw readings with the control loop's own step, whatever the period "
+            "(what the loop did, minute by minute; slower). Not together with step_s."
+        ),
     )
 
 
 def backtest_step(
-    requested: float | None, period: timedelta, settings: ApiSettings
+    requested: float | None, raw: bool, period: timedelta, settings: ApiSettings
 ) -> tuple[float, str]:
     """The replay step of a backtest and a sentence an agronomist can read about it."""
     loop = settings.control_step_s
+    if raw:
+        if requested is not None and requested != loop:
+            raise HTTPException(
+                422,
+                f"raw replays the loop's own {loop:g} s step: send raw or step_s, not both",
+            )
+        return loop, f"raw readings: the control loop's own {loop:g} s step, as asked"
     if requested is not None:
         if requested == loop:
             return requested, f"raw readings: the control loop's own {loop:g} s step, as asked"
@@ -506,8 +520,8 @@ def backtest_step(
     step = settings.backtest_long_step_s
     return step, (
         f"{step / 60:g}-minute means of the readings (default for periods over {raw_max:g} "
-        f"days, to answer in seconds); send step_s={loop:g} to replay the raw readings as "
-        "the control loop saw them (slower)"
+        f"days, to answer in seconds); ask for raw readings to replay what the control loop "
+        "saw, minute by minute (slower)"
     )
 
 
@@ -542,7 +556,7 @@ def backtest_block(
     max_days = settings.backtest_max_days
     if end - start > timedelta(days=max_days):
         raise HTTPException(422, f"a backtest covers at most {max_days:g} days")
-    step_s, step_note = backtest_step(body.step_s, end - start, settings)
+    step_s, step_note = backtest_step(body.step_s, body.raw, end - start, settings)
     steps = (end - start).total_seconds() / step_s
     if steps > settings.backtest_max_steps:
         raise HTTPException(

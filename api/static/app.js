@@ -164,7 +164,7 @@ async function previewBacktest() {
   try {
     const [bt, hist] = await Promise.all([
       api(`/api/v1/blocks/${encodeURIComponent(block)}/backtest`, { method: "POST",
-        body: { overrides, start: start.toISOString(), end: end.toISOString() } }),
+        body: { overrides, start: start.toISOString(), end: end.toISOString(), raw: $("#th-raw").checked } }),
       api(`/api/v1/blocks/${encodeURIComponent(block)}/readings/history?field=soil_moisture&aggregate=mean` +
         `&window=${Math.max(60, Math.ceil(days * 86400 / 400))}s&start=${encodeURIComponent(start.toISOString())}` +
         `&end=${encodeURIComponent(end.toISOString())}`),
