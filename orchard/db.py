@@ -2,8 +2,9 @@
 
 Control state that must survive restarts lives here: valve commands and their
 lifecycle, alarms, threshold overrides and their audit log, listings, webhook
-deliveries, API tokens. Each owner declares its tables on :data:`metadata`; the
-services call :func:`create_engine` then ``metadata.create_all``.
+deliveries, API tokens. Each owner declares its tables on :data:`metadata` and lists
+its module in :data:`orchard.migrations.TABLE_MODULES`; a schema change needs a migration
+(docs/operations.md). The services call :func:`create_engine` then :func:`init_db`.
 """
 
 from __future__ import annotations
@@ -37,5 +38,13 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create every table declared so far (idempotent)."""
-    metadata.create_all(engine)
+    """Migrate the state store to the newest schema (idempotent, safe to run concurrently).
+
+    Runs ``alembic upgrade head`` from :mod:`orchard.migrations` under a lock, so every
+    service may call it on start. Creates every table of every service, not only those
+    imported so far. Raises :class:`orchard.migrations.MigrationError` when the database
+    cannot be brought in line (see docs/operations.md).
+    """
+    from orchard.migrations import upgrade
+
+    upgrade(engine)

@@ -101,3 +101,123 @@ def test_water_balance_counts_rain_and_irrigation_and_gdd_from_bloom() -> None:
     assert all(
         r.et0_method == "penman_monteith" and r.etc == pytest.approx(r.kc * r.et0) for r in rows
     )
+
+
+# --- pyet (https://github.com/pyet-org/pyet) as an independent reference implementation ---
+
+# Latitudes from 38° S to 60° N (south of the polar circle: pyet has no polar-night case),
+# four seasons, three humidity levels, calm to windy, sea level to 1500 m, frost to heat.
+LATITUDES = (-38.0, -20.0, 0.0, 23.5, 45.7, 60.0)
+ELEVATIONS = (0.0, 200.0, 1500.0, 100.0, 800.0, 30.0)  # one per latitude
+SEASONS = (  # date, (Tmin, Tmax) °C
+    (date(2026, 1, 15), (-6.0, 2.0)),
+    (date(2026, 4, 15), (6.0, 18.0)),
+    (date(2026, 7, 15), (16.0, 33.0)),
+    (date(2026, 10, 15), (4.0, 14.0)),
+)
+HUMIDITY = ((45.0, 15.0), (80.0, 45.0), (100.0, 85.0))  # RHmax, RHmin %
+WINDS = (0.5, 2.0, 5.0)  # m/s at 2 m
+
+
+def _weather() -> dict[str, np.ndarray]:
+    rows = [
+        (day, tmin, tmax, rh_max, rh_min, wind)
+        for day, (tmin, tmax) in SEASONS
+        for rh_max, rh_min in HUMIDITY
+        for wind in WINDS
+    ]
+    return {
+        "dates": np.array([r[0] for r in rows]),
+        "doy": np.array([float(r[0].timetuple().tm_yday) for r in rows]),
+        "tmin": np.array([r[1] for r in rows]),
+        "tmax": np.array([r[2] for r in rows]),
+        "rh_max": np.array([r[3] for r in rows]),
+        "rh_min": np.array([r[4] for r in rows]),
+        "wind": np.array([r[5] for r in rows]),
+    }
+
+
+def test_extraterrestrial_radiation_matches_pyet_all_year() -> None:
+    pd = pytest.importorskip("pandas")
+    from pyet.meteo_utils import extraterrestrial_r
+
+    days = pd.date_range("2026-01-01", "2026-12-31", freq="D")
+    for lat in LATITUDES:
+        ours = ag.extraterrestrial_radiation(
+            np.full(len(days), lat), days.dayofyear.to_numpy(float)
+        )
+        theirs = extraterrestrial_r(days, math.radians(lat)).to_numpy()
+        # Same equations (FAO-56 Eq. 21-25); pyet writes π as 3.141592654, a 1e-10 difference.
+        assert np.all(theirs > 0)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-7, err_msg=f"latitude {lat}")
+
+
+def test_penman_monteith_matches_pyet_pm_fao56() -> None:
+    pd = pytest.importorskip("pandas")
+    pyet = pytest.importorskip("pyet")
+    from pyet.meteo_utils import extraterrestrial_r
+
+    w = _weather()
+    index = pd.DatetimeIndex(w["dates"])
+    checked = negative = 0
+    for lat, elevation in zip(LATITUDES, ELEVATIONS, strict=True):
+        ra = ag.extraterrestrial_radiation(np.full(len(index), lat), w["doy"])
+        ea = ag.actual_vapour_pressure(w["tmin"], w["tmax"], w["rh_max"], w["rh_min"])
+        rn = ag.net_radiation_from_temperature(w["tmin"], w["tmax"], ea, ra, elevation, 0.16)
+        ours = ag.et0_penman_monteith(
+            w["tmin"], w["tmax"], w["rh_max"], w["rh_min"], rn, w["wind"], elevation
+        )
+
+        def series(values: np.ndarray) -> object:
+            return pd.Series(values, index=index)
+
+        # pyet gets the same solar radiation (Hargreaves' Eq. 50, kRs 0.16) but derives
+        # Rso, Rns, Rnl, Ra, Δ, γ, es and ea itself.
+        ra_pyet = extraterrestrial_r(index, math.radians(lat)).to_numpy()
+        rs = 0.16 * np.sqrt(w["tmax"] - w["tmin"]) * ra_pyet
+        theirs = pyet.pm_fao56(
+            tmean=series((w["tmin"] + w["tmax"]) / 2),
+            wind=series(w["wind"]),
+            rs=series(rs),
+            tmax=series(w["tmax"]),
+            tmin=series(w["tmin"]),
+            rhmax=series(w["rh_max"]),
+            rhmin=series(w["rh_min"]),
+            elevation=elevation,
+            lat=math.radians(lat),
+            clip_zero=False,
+        ).to_numpy()
+        # Same equations, same constants: any changed constant (273 vs 273.16, 0.34, 900)
+        # shows at 1e-4 or more, the rounding of π at 1e-10.
+        assert np.all(np.isfinite(ours)) and np.all(np.isfinite(theirs))  # NaN == NaN passes
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-9, err_msg=f"lat {lat}")
+        checked += len(ours)
+        negative += int((ours < 0).sum())
+    assert checked == len(LATITUDES) * len(SEASONS) * len(HUMIDITY) * len(WINDS)
+    assert negative > 0, "the frost days should include small negative ET0 (no clipping)"
+
+
+def test_hargreaves_matches_pyet_up_to_its_latent_heat() -> None:
+    pd = pytest.importorskip("pandas")
+    pyet = pytest.importorskip("pyet")
+
+    w = _weather()
+    index = pd.DatetimeIndex(w["dates"])
+    tmean = (w["tmin"] + w["tmax"]) / 2
+    for lat in LATITUDES:
+        ra = ag.extraterrestrial_radiation(np.full(len(index), lat), w["doy"])
+        ours = ag.et0_hargreaves(w["tmin"], w["tmax"], ra)
+        theirs = pyet.hargreaves(
+            pd.Series(tmean, index=index),
+            pd.Series(w["tmax"], index=index),
+            pd.Series(w["tmin"], index=index),
+            math.radians(lat),
+            clip_zero=False,
+        ).to_numpy()
+        # FAO-56 Eq. 52 converts Ra with 0.408 (λ = 2.45 MJ/kg at 20 °C); pyet divides by
+        # λ(T) = 2.501 - 0.002361·T. That, and nothing else, is the difference:
+        latent_heat_ratio = 0.408 * (2.501 - 0.002361 * tmean)
+        assert np.all(np.isfinite(ours)) and np.all(theirs > 0)
+        np.testing.assert_allclose(ours / theirs, latent_heat_ratio, rtol=1e-6)
+        # ...which stays within the ~3 % of agronomy-reference.md for -2 to 24.5 °C means.
+        assert np.all(np.abs(ours / theirs - 1) < 0.03), f"latitude {lat}"
