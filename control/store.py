@@ -30,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 
-from orchard.db import create_engine, metadata
+from orchard.db import create_engine, init_db, metadata
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
@@ -274,11 +274,11 @@ def kv_set(engine: Engine, scope: str, key: str, value: Any) -> None:
 
 
 def open_store(url: str) -> Engine:
-    """Engine on the state store with every control table created (idempotent)."""
+    """Engine on the state store, migrated to the newest schema (idempotent)."""
     engine = create_engine(url)
     if url.startswith("sqlite:///"):
         from pathlib import Path
 
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    metadata.create_all(engine)
+    init_db(engine)
     return engine

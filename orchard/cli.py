@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dashboards": ("dashboards.__main__:main", "build or push the Grafana dashboards"),
     "schemas": ("orchard.contract_docs:main", "write the JSON Schemas of the device contract"),
     "bench": ("orchard.bench:main", "run the benchmarks and print their figures"),
+    "migrate": ("orchard.migrations:main", "migrate the state store now, or write a migration"),
 }
 
 

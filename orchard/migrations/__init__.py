@@ -251,11 +251,20 @@ def new_revision(message: str) -> str:
                 config = alembic_config(conn)
                 ruff = Path(sys.executable).with_name("ruff")
                 if ruff.exists():
-                    # Autogenerate writes long lines; the repository's format check would fail.
-                    config.set_main_option("hooks", "ruff")
-                    config.set_main_option("ruff.type", "exec")
-                    config.set_main_option("ruff.executable", str(ruff))
-                    config.set_main_option("ruff.options", "format REVISION_SCRIPT_FILENAME")
+                    # Autogenerate writes long lines and unused imports; the repository's
+                    # lint and format checks would fail on them.
+                    hooks = {"fix": "check --fix --quiet", "format": "format --quiet"}
+                    config.set_section_option("post_write_hooks", "hooks", ", ".join(hooks))
+                    for name, options in hooks.items():
+                        config.set_section_option("post_write_hooks", f"{name}.type", "exec")
+                        config.set_section_option(
+                            "post_write_hooks", f"{name}.executable", str(ruff)
+                        )
+                        config.set_section_option(
+                            "post_write_hooks",
+                            f"{name}.options",
+                            f"{options} REVISION_SCRIPT_FILENAME",
+                        )
                 script = command.revision(
                     config, message=message, autogenerate=True, rev_id=next_id
                 )

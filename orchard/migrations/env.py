@@ -6,6 +6,7 @@ At run time the caller passes its own connection (already in a locked transactio
 
 from __future__ import annotations
 
+from logging.config import fileConfig
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -15,6 +16,9 @@ from alembic.autogenerate.api import AutogenContext
 from orchard.migrations import load_all_tables
 
 config = context.config
+if config.config_file_name is not None and config.attributes.get("connection") is None:
+    # Only from the command line: a service's logging is its own business.
+    fileConfig(config.config_file_name)
 target_metadata = load_all_tables()
 
 
@@ -39,7 +43,7 @@ def _configure(connection: sa.Connection) -> None:
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=config.get_main_option("sqlalchemy.url"),
+        url=_url(),
         target_metadata=target_metadata,
         literal_binds=True,
         render_item=render_item,
@@ -55,14 +59,28 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    url = config.get_main_option("sqlalchemy.url")
+    # The plain `alembic -c orchard/migrations/alembic.ini` command line. Through
+    # orchard.db.create_engine so that SQLite gets the same pragmas as the services.
+    from orchard.db import create_engine
+
+    engine = create_engine(_url())
+    try:
+        with engine.connect() as conn:
+            _configure(conn)
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+def _url() -> str:
+    url = context.get_x_argument(as_dictionary=True).get("url")
+    url = url or config.get_main_option("sqlalchemy.url")
     if not url:
-        raise SystemExit("no database: pass -x or set sqlalchemy.url, or use `orchard migrate`")
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with engine.connect() as conn:
-        _configure(conn)
-        with context.begin_transaction():
-            context.run_migrations()
+        from orchard.settings import OrchardSettings
+
+        url = OrchardSettings().state_url
+    return url
 
 
 if context.is_offline_mode():
