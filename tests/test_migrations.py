@@ -173,6 +173,14 @@ def test_refuses_an_unversioned_database_that_differs(engine: Engine) -> None:
     assert _tables(engine) == {"api_tokens"}, "nothing may be created or stamped"
 
 
+def test_refuses_a_database_migrated_by_newer_code(engine: Engine) -> None:
+    init_db(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(MigrationError, match=r"from revision 9999 .*newer code migrated"):
+        init_db(engine)
+
+
 def test_downgrade_to_base_then_upgrade_again(engine: Engine) -> None:
     from alembic import command
 

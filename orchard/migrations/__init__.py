@@ -26,6 +26,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 from orchard.db import metadata
@@ -65,9 +66,16 @@ def load_all_tables() -> sa.MetaData:
     return metadata
 
 
-def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
-    """An Alembic configuration pointing at the migrations in this package."""
+def alembic_config(
+    connection: Connection | None = None, url: str | None = None, *, load_tables: bool = True
+) -> Config:
+    """An Alembic configuration pointing at the migrations in this package.
+
+    ``load_tables=False`` spares env.py importing every service's table module: an
+    upgrade only runs the revision files and does not need them.
+    """
     config = Config()
+    config.attributes["load_tables"] = load_tables
     config.set_main_option("path_separator", "os")
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
@@ -159,7 +167,14 @@ def _upgrade(engine: Engine, revision: str) -> str:
         before = current_revision(conn)
         if before is None:
             _adopt_unversioned(conn)
-        command.upgrade(alembic_config(conn), revision)
+        try:
+            command.upgrade(alembic_config(conn, load_tables=False), revision)
+        except CommandError as exc:
+            raise MigrationError(
+                f"cannot upgrade the state store from revision {before} to {revision}: {exc}. "
+                "A revision this code does not know means newer code migrated the database; "
+                "run that version, or restore the backup taken before it."
+            ) from exc
         after = current_revision(conn)
     if after != before:
         log.info("state store migrated from %s to %s", before or "empty", after)

@@ -13,13 +13,14 @@ import sqlalchemy as sa
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 
+from orchard.db import metadata
 from orchard.migrations import load_all_tables
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("connection") is None:
     # Only from the command line: a service's logging is its own business.
     fileConfig(config.config_file_name)
-target_metadata = load_all_tables()
+target_metadata = load_all_tables() if config.attributes.get("load_tables", True) else metadata
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
