@@ -196,7 +196,7 @@ class RollingWindow:
 
     def grid(self) -> Grid:
         a, b = self._lo, self._lo + self.n_bins
-        times = self.start_s + np.arange(self.n_bins) * self.step_s
+        times = np.asarray(self.start_s + np.arange(self.n_bins) * self.step_s, dtype=np.float64)
         with np.errstate(invalid="ignore"):
             prior_age = self.start_s - self._before_s
         return Grid(
