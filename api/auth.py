@@ -38,6 +38,7 @@ class Permission(StrEnum):
     irrigation_write = "irrigation:write"
     backtest_run = "backtest:run"
     harvest_write = "harvest:write"
+    quantity_write = "listings:quantity"
     devices_admin = "devices:admin"
     tokens_admin = "tokens:admin"
 
@@ -55,6 +56,9 @@ PERMISSIONS: dict[Permission, frozenset[Role]] = {
     # a state change, so not for read-only viewer tokens. It is the grower's word (issue 5)
     # and agronomists record it on the grower's behalf.
     Permission.harvest_write: frozenset({Role.grower, Role.agronomist, Role.admin}),
+    # The grower knows how much fruit there really is (issue 5: "quantities can be corrected
+    # by the grower"); the shop operator may correct it too, e.g. after weighing the lot.
+    Permission.quantity_write: frozenset({Role.grower, Role.operator, Role.admin}),
     Permission.devices_admin: frozenset({Role.admin}),
     Permission.tokens_admin: frozenset({Role.admin}),
 }

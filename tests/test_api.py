@@ -160,6 +160,11 @@ PROBES: dict[Permission, tuple[str, str, dict[str, object] | None]] = {
     Permission.irrigation_write: ("POST", "/api/v1/irrigation/commands/cmd-unknown1/cancel", None),
     Permission.backtest_run: ("POST", f"/api/v1/blocks/{BLOCK}/backtest", {"overrides": {"x": 1}}),
     Permission.harvest_write: ("POST", "/api/v1/blocks/no-such-block/readiness/harvested", None),
+    Permission.quantity_write: (
+        "PATCH",
+        "/api/v1/listings/no-such-lot/quantity",
+        {"quantity_kg": 100},
+    ),
     Permission.devices_admin: ("GET", "/api/v1/devices", None),
     Permission.tokens_admin: ("GET", "/api/v1/tokens", None),
 }

@@ -9,7 +9,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
-from api.deps import EngineDep, ListingsWriter, OrchardDep, Reader, SettingsDep
+from api.deps import (
+    EngineDep,
+    ListingsWriter,
+    OrchardDep,
+    QuantityWriter,
+    Reader,
+    SettingsDep,
+)
 from api.schemas import ERRORS, ErrorBody
 from api.settings import ApiSettings
 from control.harvest.lots import (
@@ -130,7 +137,7 @@ def listing_state(
 def listing_quantity(
     lot: LotName,
     body: QuantityChange,
-    principal: ListingsWriter,
+    principal: QuantityWriter,
     engine: EngineDep,
     settings: SettingsDep,
 ) -> ListingDetail:

@@ -245,10 +245,11 @@ const NEXT = { draft: ["published", "withdrawn"], published: ["sold_out", "withd
 async function loadListings() {
   const lots = await api("/api/v1/listings?limit=100");
   const canWrite = may("listings:write");
+  const canCorrect = may("listings:quantity");
   const rows = lots.map((l) => el("tr", { "data-lot": l.lot },
     el("td", {}, l.lot), el("td", {}, l.block), el("td", {}, l.grade),
     el("td", {}, `${l.harvest_window.start} – ${l.harvest_window.end}`),
-    el("td", { class: "num" }, canWrite && NEXT[l.state]
+    el("td", { class: "num" }, canCorrect && NEXT[l.state]
       ? el("input", { value: String(l.quantity_kg), inputmode: "decimal", "aria-label": `quantity of ${l.lot}`,
           onchange: (e) => listingQuantity(l.lot, e.target.value) })
       : `${l.quantity_kg}`),
