@@ -545,7 +545,7 @@ def run_length_s(
     start = np.clip(last_false + 1, 0, n - 1)
     # A run that begins at the first sample of the window may have started earlier than we
     # can see; it counts only from the window start, which is the conservative reading.
-    return np.asarray(np.where(condition, t[idx] - t[start], 0.0), dtype=np.float64)
+    return np.asarray(np.where(condition, t - t[start], 0.0), dtype=np.float64)
 
 
 def sustained(
