@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from control.clock import clock_kind
 from control.commands import CommandSettings
 from control.harvest.config import HarvestConfig
 from control.webhooks import WebhookSettings
@@ -83,9 +84,7 @@ class ApiSettings(OrchardSettings):
 
     @property
     def clock_kind(self) -> str:
-        if self.control_clock == "auto":
-            return "data" if self.demo and self.sim_speed > 1 else "wall"
-        return self.control_clock
+        return clock_kind(self.control_clock, self.demo, self.sim_speed)
 
     def broker_conf_path(self) -> Path:
         return self.broker_conf or self.broker_passwd_file.parent / "mosquitto.conf"

@@ -16,6 +16,17 @@ from orchard.influx import InfluxClient, InfluxError, quote_literal
 from orchard.lineprotocol import to_ns
 
 
+def clock_kind(setting: str, demo: bool, sim_speed: float) -> str:
+    """Which clock a service uses: ``auto`` means data when the demo simulator is accelerated.
+
+    The control service and the API (manual commands, harvest marks) must agree, so both
+    ask this one function.
+    """
+    if setting == "auto":
+        return "data" if demo and sim_speed > 1 else "wall"
+    return setting
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 

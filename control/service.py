@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 
 from control import daily
 from control.alarms import AlarmChange, Alarms
-from control.clock import Clock, DataClock, WallClock
+from control.clock import Clock, DataClock, WallClock, clock_kind
 from control.commands import Command, CommandSettings, ValveLink, list_commands, queue_command
 from control.engine import (
     AlarmTransition,
@@ -137,9 +137,7 @@ class ControlSettings(OrchardSettings):
 
     @property
     def clock_kind(self) -> str:
-        if self.control_clock == "auto":
-            return "data" if self.demo and self.sim_speed > 1 else "wall"
-        return self.control_clock
+        return clock_kind(self.control_clock, self.demo, self.sim_speed)
 
 
 @dataclass
