@@ -24,23 +24,35 @@ def device_password(device_secret: str, node_id: str) -> str:
     return hmac.new(device_secret.encode(), node_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def write_password_file(path: Path, accounts: Mapping[str, str]) -> None:
-    """Write a Mosquitto password file with hashed passwords (``mosquitto_passwd -U``)."""
-    for user in accounts:
-        if ":" in user or not user:
-            raise ValueError(f"invalid broker username {user!r}")
+def _check_user(user: str) -> None:
+    if ":" in user or not user:
+        raise ValueError(f"invalid broker username {user!r}")
+
+
+def _replace_password_file(path: Path, entries: Mapping[str, str], *, hash_them: bool) -> None:
+    """Atomically replace ``path`` with ``user:secret`` lines, hashing plain ones first."""
+    for user, secret in entries.items():
+        _check_user(user)
+        if "\n" in secret:
+            raise ValueError(f"invalid broker entry for {user!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".passwd-")
     try:
         with os.fdopen(fd, "w") as fh:
-            for user, password in accounts.items():
-                fh.write(f"{user}:{password}\n")
-        subprocess.run(["mosquitto_passwd", "-U", tmp], check=True, capture_output=True)
+            for user, secret in entries.items():
+                fh.write(f"{user}:{secret}\n")
+        if hash_them:
+            subprocess.run(["mosquitto_passwd", "-U", tmp], check=True, capture_output=True)
         os.chmod(tmp, 0o640)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_password_file(path: Path, accounts: Mapping[str, str]) -> None:
+    """Write a Mosquitto password file with hashed passwords (``mosquitto_passwd -U``)."""
+    _replace_password_file(path, accounts, hash_them=True)
 
 
 # --- Provisioning: hashed entries kept outside the broker, reload by SIGHUP ------------
@@ -51,8 +63,7 @@ def hash_password_entry(user: str, password: str) -> str:
 
     Callers keep this hash (never the password) so the file can be rewritten later.
     """
-    if ":" in user or not user:
-        raise ValueError(f"invalid broker username {user!r}")
+    _check_user(user)
     with tempfile.TemporaryDirectory(prefix="orchard-passwd-") as tmp:
         path = Path(tmp) / "passwd"
         path.write_text(f"{user}:{password}\n")
@@ -78,20 +89,7 @@ def read_password_file(path: Path) -> dict[str, str]:
 
 def write_hashed_password_file(path: Path, entries: Mapping[str, str]) -> None:
     """Atomically replace a password file with already-hashed entries (no re-hashing)."""
-    for user, hashed in entries.items():
-        if ":" in user or not user or "\n" in hashed:
-            raise ValueError(f"invalid broker entry for {user!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".passwd-")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            for user, hashed in entries.items():
-                fh.write(f"{user}:{hashed}\n")
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _replace_password_file(path, entries, hash_them=False)
 
 
 def find_mosquitto_pid(conf_path: Path) -> int | None:
