@@ -13,25 +13,58 @@ ET0, ETc = Kc·ET0, the FAO-56 root-zone water balance, GDD and the day's peak V
   the net depth of the runs that controllers acknowledged. Day one starts from the sensors.
 * GDD: averaging method with horizontal cutoff, accumulated from bloom.
 
-Days are UTC days (InfluxDB's ``GROUP BY time(1d)``).
+Days are the farm's local calendar days (``[farm] timezone`` in the orchard file, an IANA
+name): a night's minimum belongs to one day, and GDD/ET0 days are the grower's days. The
+query buckets with InfluxQL ``GROUP BY time(1d) ... tz('Area/City')``, which starts each
+bucket at local midnight and so gives a 23 h day and a 25 h day at DST changes (checked
+against influxd 1.6, also where midnight itself is skipped, e.g. America/Santiago). Ra
+(Eq. 21) uses the local day of year. A ``block_daily`` point is stamped at the local
+midnight that starts its day, as a UTC instant (16:00Z the day before in Asia/Shanghai);
+a farm in UTC gets exactly the former UTC-day query and times.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from control.thresholds import EffectiveThresholds
 from orchard import agronomy
 from orchard.influx import Series, quote_literal, quote_regex_alternatives
-from orchard.layout import Block
+from orchard.layout import Block, Orchard
 from orchard.lineprotocol import encode_point, to_ns
 
 DEFAULT_WIND_2M = 2.0  # m/s, FAO-56 ch. 3: world average used when wind is not measured
 KRS_INTERIOR = 0.16  # FAO-56 Eq. 50 adjustment coefficient for interior locations
+UTC_ZONE = ZoneInfo("UTC")
+
+
+def farm_zone(orchard: Orchard) -> ZoneInfo:
+    """The farm's time zone (validated when the orchard file loads)."""
+    return ZoneInfo(orchard.farm.timezone)
+
+
+def local_day(ts_s: float, zone: ZoneInfo) -> date:
+    """The farm's calendar day of a Unix time in seconds."""
+    return datetime.fromtimestamp(ts_s, zone).date()
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The instant (UTC) the farm's ``day`` starts.
+
+    Where a DST change skips midnight, the zone's pre-change offset maps it to the first
+    instant of the day, which is also where InfluxDB's ``tz()`` buckets start.
+    """
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
+
+
+def local_today(now: datetime, zone: ZoneInfo) -> date:
+    """The farm's current day at the aware instant ``now``."""
+    return now.astimezone(zone).date()
 
 
 @dataclass
@@ -76,26 +109,33 @@ class DayRow:
         }
 
 
-def daily_query(farm: str, blocks: Sequence[Block], start: date, end: date) -> str:
-    """Per node and UTC day: temperature and humidity extremes, mean soil moisture."""
+def daily_query(
+    farm: str, blocks: Sequence[Block], start: date, end: date, zone: ZoneInfo = UTC_ZONE
+) -> str:
+    """Per node and local day in ``[start, end)``: T and RH extremes, mean soil moisture."""
     ids = [b.id for b in blocks]
-    begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
-    finish = datetime(end.year, end.month, end.day, tzinfo=UTC)
+    begin = local_midnight(start, zone)
+    finish = local_midnight(end, zone)
+    # Without tz() InfluxDB buckets on UTC days, so a UTC farm keeps the former query.
+    tz_clause = "" if zone.key == "UTC" else f" tz({quote_literal(zone.key)})"
     return (
         "SELECT min(temperature) AS tmin, max(temperature) AS tmax, min(humidity) AS rh_min,"
         " max(humidity) AS rh_max, mean(soil_moisture) AS soil FROM telemetry"
         f" WHERE farm = {quote_literal(farm)} AND block =~ {quote_regex_alternatives(ids)}"
         f" AND time >= {to_ns(begin)} AND time < {to_ns(finish)}"
-        " GROUP BY time(1d), block, node fill(none)"
+        " GROUP BY time(1d), block, node fill(none)" + tz_clause
     )
 
 
 def node_days(
-    series: Sequence[Series], blocks: Sequence[Block], start: date, end: date
+    series: Sequence[Series],
+    blocks: Sequence[Block],
+    start: date,
+    end: date,
+    zone: ZoneInfo = UTC_ZONE,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """block -> field -> (nodes, days) array (NaN where missing)."""
+    """block -> field -> (nodes, days) array (NaN where missing); rows in ms epoch."""
     n_days = (end - start).days
-    t0 = datetime(start.year, start.month, start.day, tzinfo=UTC).timestamp()
     by_block: dict[str, list[Series]] = {}
     for s in series:
         by_block.setdefault(s.tags.get("block", ""), []).append(s)
@@ -111,7 +151,11 @@ def node_days(
             data = np.array(s.values, dtype=np.float64)
             if data.size == 0:
                 continue
-            day_idx = np.floor((data[:, cols["time"]] / 1000.0 - t0) / 86400.0).astype(int)
+            # Local days are 23, 24 or 25 h long: index by calendar date, not by 86400 s.
+            # Bucket times repeat across nodes and fields, so convert each distinct one once.
+            stamps, inverse = np.unique(data[:, cols["time"]], return_inverse=True)
+            offsets = [(local_day(t / 1000.0, zone) - start).days for t in stamps.tolist()]
+            day_idx = np.asarray(offsets, dtype=np.int64)[inverse.reshape(-1)]
             ok = (day_idx >= 0) & (day_idx < n_days)
             for f in arrays:
                 if f in cols:
@@ -220,10 +264,13 @@ def compute_block_days(
     return rows
 
 
-def daily_lines(farm: str, block: str, rows: Sequence[DayRow]) -> list[str]:
+def daily_lines(
+    farm: str, block: str, rows: Sequence[DayRow], zone: ZoneInfo = UTC_ZONE
+) -> list[str]:
+    """``block_daily`` points, each at the local midnight that starts its day."""
     out = []
     for r in rows:
-        ts = datetime(r.day.year, r.day.month, r.day.day, tzinfo=UTC)
+        ts = local_midnight(r.day, zone)
         out.append(
             encode_point("block_daily", {"farm": farm, "block": block}, r.fields(), to_ns(ts))
         )

@@ -10,8 +10,9 @@ import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchard.crops import CROPS, CropProfile
 from orchard.ids import Identifier
@@ -82,7 +83,19 @@ class Farm(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: Identifier
     name: str = ""
-    timezone: str = "UTC"
+    timezone: str = Field(default="UTC", description="IANA time zone; daily agronomy uses its days")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        # Checked at load time: a typo must not surface days later as an InfluxDB 400.
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {name!r}: use an IANA name such as 'Asia/Shanghai' or 'UTC'"
+            ) from None
+        return name
 
 
 class Orchard(BaseModel):

@@ -92,7 +92,8 @@ MEASUREMENTS: dict[str, Measurement] = {
                 "vpd_max": "float",
             },
             "control",
-            "Daily agronomy per block (FAO-56 ET0, ETc, root-zone depletion, GDD).",
+            "Daily agronomy per block (FAO-56 ET0, ETc, root-zone depletion, GDD) on the farm's"
+            " local days ([farm] timezone); time = the local midnight starting the day.",
         ),
         Measurement(
             "irrigation",
