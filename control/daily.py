@@ -136,6 +136,11 @@ def node_days(
 ) -> dict[str, dict[str, np.ndarray]]:
     """block -> field -> (nodes, days) array (NaN where missing); rows in ms epoch."""
     n_days = (end - start).days
+    # Local days are 23, 24 or 25 h long: a row belongs to the day whose local midnight is
+    # the last one at or before it, not to (t - t0) // 86400.
+    midnights_ms = np.array(
+        [local_midnight(d, zone).timestamp() * 1000.0 for d in day_range(start, end)]
+    )
     by_block: dict[str, list[Series]] = {}
     for s in series:
         by_block.setdefault(s.tags.get("block", ""), []).append(s)
@@ -151,11 +156,7 @@ def node_days(
             data = np.array(s.values, dtype=np.float64)
             if data.size == 0:
                 continue
-            # Local days are 23, 24 or 25 h long: index by calendar date, not by 86400 s.
-            # Bucket times repeat across nodes and fields, so convert each distinct one once.
-            stamps, inverse = np.unique(data[:, cols["time"]], return_inverse=True)
-            offsets = [(local_day(t / 1000.0, zone) - start).days for t in stamps.tolist()]
-            day_idx = np.asarray(offsets, dtype=np.int64)[inverse.reshape(-1)]
+            day_idx = np.searchsorted(midnights_ms, data[:, cols["time"]], side="right") - 1
             ok = (day_idx >= 0) & (day_idx < n_days)
             for f in arrays:
                 if f in cols:
