@@ -548,6 +548,68 @@ def run_length_s(
     return np.asarray(np.where(condition, t - t[start], 0.0), dtype=np.float64)
 
 
+def carried_run(
+    condition: npt.NDArray[np.bool_],
+    times_s: npt.NDArray[np.float64],
+    began_s: npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """:func:`run_length_s` for a window that continues an earlier one.
+
+    ``began_s`` (shape (S,)) is when each subject's run in progress at the end of the
+    earlier window began (NaN: the condition did not hold at its last sample). Returns the
+    run lengths and the same "began" array for the next window, so evaluating a period in
+    pieces measures exactly the durations of evaluating it at once.
+    """
+    t = np.asarray(times_s, dtype=np.float64)
+    n = t.shape[0]
+    if n == 0:
+        return np.zeros(condition.shape), began_s.copy()
+    idx = np.broadcast_to(np.arange(n), condition.shape)
+    last_false = np.maximum.accumulate(np.where(condition, -1, idx), axis=-1)
+    began = t[np.clip(last_false + 1, 0, n - 1)]
+    carried = (last_false < 0) & ~np.isnan(began_s)[:, None]
+    began = np.where(carried, began_s[:, None], began)
+    run = np.where(condition, t - began, 0.0)
+    return run, np.where(condition[:, -1], began[:, -1], np.nan)
+
+
+@dataclass
+class RunStarts:
+    """Per subject, when the raise, clear and escalate conditions of one rule began holding
+    (NaN: not holding at the last sample evaluated): what a rule carries between windows."""
+
+    raise_s: npt.NDArray[np.float64]
+    clear_s: npt.NDArray[np.float64]
+    escalate_s: npt.NDArray[np.float64]
+
+    @classmethod
+    def empty(cls, n: int) -> RunStarts:
+        return cls(np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan))
+
+    def __len__(self) -> int:
+        return int(self.raise_s.shape[0])
+
+    def grown(self, n: int) -> RunStarts:
+        """The same starts for ``n`` subjects (new subjects appended, never seen holding)."""
+        extra = n - len(self)
+        if extra <= 0:
+            return self
+        pad = np.full(extra, np.nan)
+        return RunStarts(
+            np.concatenate([self.raise_s, pad]),
+            np.concatenate([self.clear_s, pad]),
+            np.concatenate([self.escalate_s, pad]),
+        )
+
+    def take(self, rows: npt.NDArray[np.int64]) -> RunStarts:
+        return RunStarts(self.raise_s[rows], self.clear_s[rows], self.escalate_s[rows])
+
+    def put(self, rows: npt.NDArray[np.int64], part: RunStarts) -> None:
+        self.raise_s[rows] = part.raise_s
+        self.clear_s[rows] = part.clear_s
+        self.escalate_s[rows] = part.escalate_s
+
+
 def sustained(
     condition: npt.NDArray[np.bool_], times_s: npt.NDArray[np.float64], duration_s: float
 ) -> npt.NDArray[np.bool_]:
@@ -632,25 +694,32 @@ def rule_transitions(
     raise_at: Any = None,
     clear_at: Any = None,
     escalate_at: Any = None,
+    starts: RunStarts | None = None,
+    subject_index: dict[str, int] | None = None,
 ) -> list[tuple[int, int, str, str]]:
     """(subject index, time index, kind, severity) of every raise/escalate/clear after ``since_s``.
 
     The active state starts from ``active`` (the store) and is updated in place, so the
-    next rule or the next tick sees the result.
+    next rule or the next tick sees the result. With ``starts`` the minimum durations
+    count from runs that began in earlier windows, and ``starts`` is updated for the next
+    window: a period evaluated in pieces gives exactly the transitions of one evaluation.
+    ``subject_index`` (subject -> row), when given, saves a pass over all subjects.
     """
     r_at = rule.raise_at if raise_at is None else raise_at
     c_at = rule.clear_at if clear_at is None else clear_at
     e_at = rule.escalate_at if escalate_at is None else escalate_at
-    raise_ok = sustained(
-        threshold_mask(values, r_at, rule.direction, True), times, rule.raise_after_s
-    )
-    clear_ok = sustained(
-        threshold_mask(values, c_at, rule.direction, False), times, rule.clear_after_s
-    )
+    if starts is None:
+        starts = RunStarts.empty(values.shape[0])
+
+    def held(at: Any, raise_side: bool, began: npt.NDArray[np.float64], after_s: float) -> Any:
+        mask = threshold_mask(values, at, rule.direction, raise_side)
+        run, began_next = carried_run(mask, times, began)
+        return mask & (run >= after_s), began_next
+
+    raise_ok, starts.raise_s = held(r_at, True, starts.raise_s, rule.raise_after_s)
+    clear_ok, starts.clear_s = held(c_at, False, starts.clear_s, rule.clear_after_s)
     if e_at is not None:
-        esc_ok = sustained(
-            threshold_mask(values, e_at, rule.direction, True), times, rule.raise_after_s
-        )
+        esc_ok, starts.escalate_s = held(e_at, True, starts.escalate_s, rule.raise_after_s)
     else:
         esc_ok = np.zeros_like(raise_ok)
     first = int(np.searchsorted(times, since_s, side="right"))
@@ -662,9 +731,15 @@ def rule_transitions(
     can_change = clear_ok[:, first:].any(axis=1) | esc_ok[:, first:].any(axis=1)
     is_active = np.zeros(values.shape[0], dtype=bool)
     if active:
-        for s, subject in enumerate(subjects):
-            if (rule.type, subject) in active:
-                is_active[s] = True
+        if subject_index is not None:
+            for rtype, subject in active:
+                row = subject_index.get(subject) if rtype == rule.type else None
+                if row is not None and row < is_active.shape[0]:
+                    is_active[row] = True
+        else:
+            for s, subject in enumerate(subjects):
+                if (rule.type, subject) in active:
+                    is_active[s] = True
     todo = np.flatnonzero(np.where(is_active, can_change, can_raise))
     # Jump from one state change to the next with searchsorted on each subject's true
     # indices: the Python loop runs once per alarm episode, not once per sample.

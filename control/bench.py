@@ -260,7 +260,7 @@ async def _tick_bench(args: argparse.Namespace) -> int:
                 for i in range(args.ticks + 2):
                     client.write(minute_lines(orchard, minute, t0, rng))
                     minute += 1
-                    clock.set(datetime.fromtimestamp(t0 + minute * 60 + 1, UTC))
+                    clock.set(datetime.fromtimestamp(t0 + minute * 60 + 16, UTC))
                     t = time.perf_counter()
                     report = await service.tick()
                     elapsed = time.perf_counter() - t

@@ -24,6 +24,7 @@ Pipeline of one evaluation:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,7 +32,14 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from control.alarms import AlarmRule, Severity, rule_transitions, run_length_s, threshold_mask
+from control.alarms import (
+    AlarmRule,
+    RunStarts,
+    Severity,
+    carried_run,
+    rule_transitions,
+    threshold_mask,
+)
 from control.thresholds import EffectiveThresholds
 from orchard.agronomy import vpd
 from orchard.layout import Block
@@ -188,25 +196,189 @@ class EngineResult:
     aggregates: dict[str, F64] = field(default_factory=dict)  # (B, T) series, for replays
 
 
+# --- carried state ----------------------------------------------------------------------------
+
+
+@dataclass
+class Carry:
+    """What one evaluation hands to the next, so a period can be evaluated in pieces.
+
+    Evaluating bins [a, c) at once gives exactly what evaluating [a, b) and then [b, c)
+    with the same Carry gives (tested): each bin is judged once, with durations, stuck
+    runs, spike counts, held values and the rain baseline continued from the bins before.
+    The live loop keeps one Carry in memory and hands the engine only the new bins; a
+    replay starts from an empty one. Nothing here is persisted: after a restart the loop
+    rebuilds it by evaluating its context window first, emitting nothing for those bins.
+    """
+
+    n_nodes: int = 0
+    n_blocks: int = 0
+    last_s: float = math.nan  # time of the last bin evaluated (NaN: nothing yet)
+    # Per sensor field, per node: last valid raw value and since when it has not changed
+    # (stuck), the two latest plausible values (spikes), the last K spike times.
+    last_raw: dict[str, F64] = field(default_factory=dict)
+    same_since: dict[str, F64] = field(default_factory=dict)
+    before_last: dict[str, F64] = field(default_factory=dict)
+    last_ok: dict[str, F64] = field(default_factory=dict)
+    spike_times: dict[str, F64] = field(default_factory=dict)
+    # Per field, per node: the latest value fit for decisions and its time (held over gaps).
+    held: dict[str, F64] = field(default_factory=dict)
+    held_s: dict[str, F64] = field(default_factory=dict)
+    last_seen_s: F64 = field(default_factory=lambda: np.zeros(0))
+    maturity: F64 = field(default_factory=lambda: np.zeros(0))
+    node_runs: dict[str, RunStarts] = field(default_factory=dict)
+    block_runs: dict[str, RunStarts] = field(default_factory=dict)
+    # The blocks' median soil moisture over the last RAIN_WINDOW_S (rain baseline).
+    soil_history: F64 = field(default_factory=lambda: np.zeros((0, 0)))
+    soil_history_s: F64 = field(default_factory=lambda: np.zeros(0))
+    rain_rising: B8 = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    snapshot: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def fit(self, grid: Grid) -> None:
+        """Size the arrays for the grid's nodes and blocks; on the first piece, start from
+        what the grid knows of the time before it (last seen, latest maturity)."""
+        n, b = grid.n_nodes, len(grid.blocks)
+        if math.isnan(self.last_s) and self.n_nodes == 0:
+            self.last_seen_s = (
+                grid.times_s[0] - grid.prior_age_s
+                if grid.prior_age_s is not None and grid.n_times
+                else np.full(n, np.nan)
+            )
+            self.maturity = (
+                grid.prior_maturity.astype(np.float64, copy=True)
+                if grid.prior_maturity is not None
+                else np.full(n, np.nan)
+            )
+            self.n_nodes = n
+        if n > self.n_nodes:
+            extra = n - self.n_nodes
+            for d in (self.last_raw, self.same_since, self.before_last, self.last_ok):
+                for k in d:
+                    d[k] = np.concatenate([d[k], np.full(extra, np.nan)])
+            for d in (self.held, self.held_s):
+                for k in d:
+                    d[k] = np.concatenate([d[k], np.full(extra, np.nan)])
+            for k, v in self.spike_times.items():
+                self.spike_times[k] = np.vstack([v, np.full((extra, v.shape[1]), np.nan)])
+            self.last_seen_s = np.concatenate([self.last_seen_s, np.full(extra, -np.inf)])
+            self.maturity = np.concatenate([self.maturity, np.full(extra, np.nan)])
+            self.n_nodes = n
+        if b != self.n_blocks or self.soil_history.shape[0] != b:
+            self.soil_history = np.zeros((b, 0))
+            self.soil_history_s = np.zeros(0)
+            self.rain_rising = np.zeros(b, dtype=bool)
+            self.block_runs = {}
+            self.n_blocks = b
+
+    def node_array(self, store: dict[str, F64], key: str) -> F64:
+        if key not in store:
+            store[key] = np.full(self.n_nodes, np.nan)
+        return store[key]
+
+    def runs(self, kind: Literal["node", "block"], key: str) -> RunStarts:
+        store, n = (
+            (self.node_runs, self.n_nodes) if kind == "node" else (self.block_runs, self.n_blocks)
+        )
+        starts = store.get(key)
+        starts = RunStarts.empty(n) if starts is None else starts.grown(n)
+        store[key] = starts
+        return starts
+
+
 # --- node health ------------------------------------------------------------------------------
 
 
-def _neighbour_spikes(x: F64, limit: float) -> B8:
-    """A sample far (> limit) from both its previous and next valid samples, on the same side."""
+def _previous_valid(x: F64) -> tuple[npt.NDArray[np.int64], B8]:
+    """Index of the previous valid (non-NaN) sample of each sample in its row (-1: none)."""
     valid = ~np.isnan(x)
-    n = x.shape[1]
-    idx = np.where(valid, np.arange(n), -1)
-    prev_i = np.maximum.accumulate(idx, axis=1)
-    prev_i = np.concatenate([np.full((x.shape[0], 1), -1), prev_i[:, :-1]], axis=1)
-    idx_rev = np.where(valid, np.arange(n), n)
-    next_i = np.minimum.accumulate(idx_rev[:, ::-1], axis=1)[:, ::-1]
-    next_i = np.concatenate([next_i[:, 1:], np.full((x.shape[0], 1), n)], axis=1)
-    prev_v = np.take_along_axis(x, np.clip(prev_i, 0, n - 1), axis=1)
-    next_v = np.take_along_axis(x, np.clip(next_i, 0, n - 1), axis=1)
+    idx = np.where(valid, np.arange(x.shape[1]), -1)
+    last = np.maximum.accumulate(idx, axis=1)
+    prev = np.concatenate([np.full((x.shape[0], 1), -1), last[:, :-1]], axis=1)
+    return prev, valid
+
+
+def _with_prior(prior: Sequence[F64], x: F64) -> F64:
+    """``x`` with the carried samples prepended as leading columns."""
+    return np.concatenate([np.stack(prior, axis=1), x], axis=1) if prior else x
+
+
+def _stuck(name: str, x: F64, times: F64, carry: Carry) -> B8:
+    """True where the value has not changed (beyond eps) for STUCK_AFTER_S; gaps neither
+    break nor extend a run."""
+    last_raw = carry.node_array(carry.last_raw, name)
+    xx = _with_prior([last_raw], x)
+    prev, valid = _previous_valid(xx)
+    prev_val = np.take_along_axis(xx, np.clip(prev, 0, None), axis=1)
     with np.errstate(invalid="ignore"):
-        up = (x - prev_v > limit) & (x - next_v > limit)
-        down = (prev_v - x > limit) & (next_v - x > limit)
-    return np.asarray(valid & (prev_i >= 0) & (next_i < n) & (up | down))
+        same = valid & (prev >= 0) & (np.abs(xx - prev_val) <= STUCK_EPS[name])
+    same_or_gap = (same | ~valid)[:, 1:]
+    run, carry.same_since[name] = carried_run(
+        same_or_gap, times, carry.node_array(carry.same_since, name)
+    )
+    last = np.maximum.accumulate(np.where(valid, np.arange(xx.shape[1]), -1), axis=1)[:, -1]
+    carry.last_raw[name] = np.where(last >= 0, xx[np.arange(xx.shape[0]), last], np.nan)
+    return np.asarray(valid[:, 1:] & (run >= STUCK_AFTER_S))
+
+
+def _spikes(name: str, x: F64, times: F64, carry: Carry) -> tuple[B8, B8]:
+    """(suspect, spiky) for plausible samples ``x`` (NaN elsewhere).
+
+    Causal, so a bin is judged once: a sample that jumps more than SPIKE_LIMIT from the
+    previous one is *suspect* and kept out of decisions until the next sample tells. If
+    the next one comes back (the suspect sample stood far from both neighbours, on the same
+    side) it was a spike, counted at that moment; otherwise it was a real change and the
+    series goes on from it. Three spikes within SPIKE_ALARM_WINDOW_S make the sensor
+    *spiky* (faulty) until they age out.
+    """
+    limit = SPIKE_LIMIT[name]
+    xx = _with_prior(
+        [carry.node_array(carry.before_last, name), carry.node_array(carry.last_ok, name)], x
+    )
+    prev, valid = _previous_valid(xx)
+    prev2 = np.take_along_axis(
+        np.concatenate([np.full((xx.shape[0], 1), -1), prev], axis=1), prev + 1, axis=1
+    )
+    a = np.take_along_axis(xx, np.clip(prev, 0, None), axis=1)
+    h = np.take_along_axis(xx, np.clip(prev2, 0, None), axis=1)
+    with np.errstate(invalid="ignore"):
+        jump = valid & (prev >= 0) & (np.abs(xx - a) > limit)
+        came_back = (
+            valid
+            & (prev2 >= 0)
+            & (((a - h > limit) & (a - xx > limit)) | ((h - a > limit) & (xx - a > limit)))
+        )
+        suspect = (jump & ~came_back) | (came_back & (np.abs(xx - h) > limit))
+    suspect, came_back = suspect[:, 2:], came_back[:, 2:]
+    n = xx.shape[0]
+    rows = np.arange(n)
+    last = np.maximum.accumulate(np.where(valid, np.arange(xx.shape[1]), -1), axis=1)[:, -1]
+    before = np.take_along_axis(prev, np.clip(last, 0, None)[:, None], axis=1)[:, 0]
+    carry.last_ok[name] = np.where(last >= 0, xx[rows, np.clip(last, 0, None)], np.nan)
+    carry.before_last[name] = np.where(
+        (last >= 0) & (before >= 0), xx[rows, np.clip(before, 0, None)], np.nan
+    )
+    # Spikes within the window before each sample: this piece's (cumulative sum) plus the
+    # last SPIKES_FOR_ALARM carried from earlier pieces.
+    carried = carry.spike_times.get(name)
+    if carried is None:
+        carried = np.full((n, SPIKES_FOR_ALARM), np.nan)
+    csum = np.cumsum(came_back, axis=1)
+    start = np.searchsorted(times, times - SPIKE_ALARM_WINDOW_S, side="left")
+    earlier = np.where(start > 0, csum[:, np.maximum(start - 1, 0)], 0)
+    with np.errstate(invalid="ignore"):
+        from_carried = (carried[:, :, None] >= (times - SPIKE_ALARM_WINDOW_S)[None, None, :]).sum(
+            axis=1
+        )
+    spiky = (csum - earlier + from_carried) >= SPIKES_FOR_ALARM
+    hit = np.flatnonzero(came_back.any(axis=1))
+    if hit.size:
+        event_s = np.where(came_back[hit], times[None, :], -np.inf)
+        both = np.concatenate([np.nan_to_num(carried[hit], nan=-np.inf), event_s], axis=1)
+        latest = np.sort(both, axis=1)[:, -SPIKES_FOR_ALARM:]
+        carried = carried.copy()
+        carried[hit] = np.where(np.isinf(latest), np.nan, latest)
+    carry.spike_times[name] = carried
+    return np.asarray(suspect), np.asarray(spiky)
 
 
 def nanmedian0(x: F64) -> F64:
@@ -222,43 +394,16 @@ def nanmedian0(x: F64) -> F64:
     return np.where(k > 0, out, np.nan)
 
 
-class _quiet:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
-
-
 @dataclass
 class Health:
     out_of_range: dict[str, B8]
     stuck: dict[str, B8]
-    spike: dict[str, B8]
+    spike: dict[str, B8]  # suspect: jumped from the previous sample, not yet confirmed
     spiky: dict[str, B8]  # enough spikes recently to call the sensor faulty
     faulty: dict[str, B8]  # sample must not be used for decisions
 
 
-def _forward_fill_last_change(x: F64, eps: float, times: F64) -> B8:
-    """True where the value has not changed (beyond eps) for STUCK_AFTER_S."""
-    valid = ~np.isnan(x)
-    # Compare each valid sample with the previous valid sample of the same node.
-    idx = np.where(valid, np.arange(x.shape[1]), -1)
-    prev_idx = np.maximum.accumulate(idx, axis=1)
-    prev_idx = np.concatenate([np.full((x.shape[0], 1), -1), prev_idx[:, :-1]], axis=1)
-    prev_val = np.take_along_axis(x, np.clip(prev_idx, 0, None), axis=1)
-    same = valid & (prev_idx >= 0) & (np.abs(x - prev_val) <= eps)
-    # Gaps (NaN) neither break nor extend a stuck run: treat them as "same".
-    same_or_gap = same | ~valid
-    run = run_length_s(same_or_gap, times)
-    return np.asarray(valid & (run >= STUCK_AFTER_S))
-
-
-def node_health(grid: Grid) -> Health:
+def node_health(grid: Grid, carry: Carry) -> Health:
     times = grid.times_s
     oor: dict[str, B8] = {}
     stuck: dict[str, B8] = {}
@@ -269,13 +414,8 @@ def node_health(grid: Grid) -> Health:
         x = grid.field(name)
         with np.errstate(invalid="ignore"):
             oor[name] = np.asarray((x < lo) | (x > hi))
-        stuck[name] = _forward_fill_last_change(x, STUCK_EPS[name], times)
-        spike[name] = _neighbour_spikes(np.where(oor[name], np.nan, x), SPIKE_LIMIT[name])
-        # Spikes within the alarm window, counted with a cumulative sum over time.
-        csum = np.cumsum(spike[name], axis=1)
-        start = np.searchsorted(times, times - SPIKE_ALARM_WINDOW_S, side="left")
-        before = np.where(start > 0, csum[:, np.maximum(start - 1, 0)], 0)
-        spiky[name] = (csum - before) >= SPIKES_FOR_ALARM
+        stuck[name] = _stuck(name, x, times, carry)
+        spike[name], spiky[name] = _spikes(name, np.where(oor[name], np.nan, x), times, carry)
         faulty[name] = oor[name] | stuck[name] | spike[name] | spiky[name]
     return Health(oor, stuck, spike, spiky, faulty)
 
@@ -283,66 +423,109 @@ def node_health(grid: Grid) -> Health:
 # --- block aggregates -------------------------------------------------------------------------
 
 
-def _per_block(x: F64, node_block: npt.NDArray[np.int64], n_blocks: int, how: str) -> F64:
-    out = np.full((n_blocks, x.shape[1]), np.nan)
-    order = np.argsort(node_block, kind="stable")
-    sorted_blocks = node_block[order]
-    bounds = np.searchsorted(sorted_blocks, np.arange(n_blocks + 1))
-    with np.errstate(all="ignore"), _quiet():
-        for b in range(n_blocks):
-            rows = order[bounds[b] : bounds[b + 1]]
-            if rows.size == 0:
-                continue
-            part = x[rows]
-            if how == "median":
-                out[b] = nanmedian0(part)
-            elif how == "min":
-                out[b] = np.nanmin(part, axis=0)
-            elif how == "count":
-                out[b] = np.sum(~np.isnan(part), axis=0)
-    return out
+class BlockGroups:
+    """Nodes laid out per block, padded to the largest block, for per-block statistics of
+    every block in one numpy call: shape (blocks, most nodes in a block, times)."""
 
-
-def hold_forward(x: F64, times: F64, max_s: float) -> F64:
-    """Carry each node's last value over gaps up to ``max_s`` (bins without a reading)."""
-    if x.size == 0:
-        return x
-    valid = ~np.isnan(x)
-    idx = np.where(valid, np.arange(x.shape[1]), -1)
-    last = np.maximum.accumulate(idx, axis=1)
-    held = np.take_along_axis(x, np.clip(last, 0, None), axis=1)
-    age = times[None, :] - times[np.clip(last, 0, None)]
-    return np.where(valid, x, np.where((last >= 0) & (age <= max_s), held, np.nan))
-
-
-def block_aggregates(grid: Grid, health: Health) -> dict[str, F64]:
-    nb = len(grid.blocks)
-    clean = {
-        name: hold_forward(
-            np.where(health.faulty[name], np.nan, grid.field(name)), grid.times_s, HOLD_S
+    def __init__(self, node_block: npt.NDArray[np.int64], n_blocks: int) -> None:
+        counts = (
+            np.bincount(node_block, minlength=n_blocks)
+            if node_block.size
+            else np.zeros(n_blocks, dtype=np.int64)
         )
-        for name in ("soil_moisture", "temperature", "humidity")
-    }
-    soil = _per_block(clean["soil_moisture"], grid.node_block, nb, "median")
-    temp = _per_block(clean["temperature"], grid.node_block, nb, "median")
-    tmin = _per_block(clean["temperature"], grid.node_block, nb, "min")
-    rh = _per_block(clean["humidity"], grid.node_block, nb, "median")
-    healthy_soil = _per_block(clean["soil_moisture"], grid.node_block, nb, "count")
-    healthy_temp = _per_block(clean["temperature"], grid.node_block, nb, "count")
+        width = max(1, int(counts.max()) if counts.size else 1)
+        order = np.argsort(node_block, kind="stable")
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]]) if n_blocks else np.zeros(0, int)
+        slot = np.arange(node_block.size) - np.repeat(first, counts)
+        self.index = np.full((n_blocks, width), -1, dtype=np.int64)
+        self.index[node_block[order], slot] = order
+        self.pad = self.index < 0
+        self.key = (n_blocks, node_block.tobytes())
+
+    def gather(self, x: F64) -> F64:
+        out = (
+            x[np.clip(self.index, 0, None)]
+            if x.shape[0]
+            else np.full((*self.index.shape, x.shape[1]), np.nan)
+        )
+        out[self.pad] = np.nan
+        return out
+
+    def median(self, x: F64) -> F64:
+        g = np.sort(self.gather(x), axis=1)  # NaN sort last
+        k = np.sum(~np.isnan(g), axis=1)
+        lo = np.clip((k - 1) // 2, 0, None)[:, None, :]
+        hi = np.clip(k // 2, 0, g.shape[1] - 1)[:, None, :]
+        mid = (np.take_along_axis(g, lo, axis=1) + np.take_along_axis(g, hi, axis=1))[:, 0] / 2
+        return np.where(k > 0, mid, np.nan)
+
+    def min(self, x: F64) -> F64:
+        return np.asarray(np.fmin.reduce(self.gather(x), axis=1), dtype=np.float64)
+
+    def count(self, x: F64) -> F64:
+        return np.sum(~np.isnan(self.gather(x)), axis=1).astype(np.float64)
+
+
+_groups_cache: dict[tuple[int, bytes], BlockGroups] = {}
+
+
+def block_groups(node_block: npt.NDArray[np.int64], n_blocks: int) -> BlockGroups:
+    key = (n_blocks, node_block.tobytes())
+    groups = _groups_cache.get(key)
+    if groups is None:
+        if len(_groups_cache) > 8:
+            _groups_cache.clear()
+        groups = _groups_cache[key] = BlockGroups(node_block, n_blocks)
+    return groups
+
+
+def hold_forward(
+    x: F64, times: F64, max_s: float, held: F64 | None = None, held_s: F64 | None = None
+) -> tuple[F64, F64, F64]:
+    """Carry each node's last value over gaps up to ``max_s`` (bins without a reading),
+    starting from ``held`` taken at ``held_s`` (the piece before). Returns the filled
+    values and the (value, time) to carry on."""
+    n = x.shape[0]
+    held = np.full(n, np.nan) if held is None else held
+    held_s = np.full(n, np.nan) if held_s is None else held_s
+    if x.shape[1] == 0:
+        return x, held, held_s
+    valid = ~np.isnan(x)
+    last = np.maximum.accumulate(np.where(valid, np.arange(x.shape[1]), -1), axis=1)
+    value = np.take_along_axis(x, np.clip(last, 0, None), axis=1)
+    value_s = times[np.clip(last, 0, None)]
+    value = np.where(last >= 0, value, held[:, None])
+    value_s = np.where(last >= 0, value_s, held_s[:, None])
+    with np.errstate(invalid="ignore"):
+        fresh = (times[None, :] - value_s) <= max_s
+    out = np.where(valid, x, np.where(fresh, value, np.nan))
+    return out, value[:, -1].copy(), value_s[:, -1].copy()
+
+
+def block_aggregates(grid: Grid, health: Health, carry: Carry) -> dict[str, F64]:
+    groups = block_groups(grid.node_block, len(grid.blocks))
+    clean: dict[str, F64] = {}
+    for name in ("soil_moisture", "temperature", "humidity"):
+        clean[name], carry.held[name], carry.held_s[name] = hold_forward(
+            np.where(health.faulty[name], np.nan, grid.field(name)),
+            grid.times_s,
+            HOLD_S,
+            carry.node_array(carry.held, name),
+            carry.node_array(carry.held_s, name),
+        )
+    temp = groups.median(clean["temperature"])
+    rh = groups.median(clean["humidity"])
     with np.errstate(invalid="ignore"):
         block_vpd = vpd(temp, rh)
     return {
-        "soil_moisture": soil,
+        "soil_moisture": groups.median(clean["soil_moisture"]),
         "temperature": temp,
-        "temperature_min": tmin,
+        "temperature_min": groups.min(clean["temperature"]),
         "humidity": rh,
         "vpd": np.asarray(block_vpd, dtype=np.float64),
-        "healthy_soil_nodes": healthy_soil,
-        "healthy_temp_nodes": healthy_temp,
+        "healthy_soil_nodes": groups.count(clean["soil_moisture"]),
+        "healthy_temp_nodes": groups.count(clean["temperature"]),
     }
-
-
-# --- rule transitions (shared by live and replay) ---------------------------------------------
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -358,14 +541,24 @@ def evaluate(
     state: EngineState,
     since_s: float,
     *,
+    carry: Carry | None = None,
     offline_now: set[str] | None = None,
 ) -> EngineResult:
-    """Evaluate every rule on the window, emitting what happens after ``since_s``."""
+    """Evaluate every rule on the grid's bins, emitting what happens after ``since_s``.
+
+    With ``carry`` the grid continues the bins evaluated before with the same Carry (the
+    live loop passes only its new bins); without, the grid is a period on its own (a
+    replay). Bins at or before ``since_s`` only build up durations and baselines.
+    """
+    carry = Carry() if carry is None else carry
+    carry.fit(grid)
     times = grid.times_s
-    health = node_health(grid)
-    agg = block_aggregates(grid, health)
+    health = node_health(grid, carry)
+    agg = block_aggregates(grid, health, carry)
     alarms: list[AlarmTransition] = []
     block_of_node = [grid.blocks[i] for i in grid.node_block.tolist()]
+    nodes = grid.nodes
+    node_index = {n: i for i, n in enumerate(nodes)}
 
     def emit(
         rule: AlarmRule,
@@ -373,10 +566,11 @@ def evaluate(
         subjects: Sequence[str],
         subject_block: Sequence[str],
         message: Any,
+        starts: RunStarts,
         **thresholds: Any,
     ) -> None:
         for s, i, kind, severity in rule_transitions(
-            rule, values, times, subjects, state.active, since_s, **thresholds
+            rule, values, times, subjects, state.active, since_s, starts=starts, **thresholds
         ):
             value = float(values[s, i])
             th_raw = thresholds.get("raise_at", rule.raise_at)
@@ -396,7 +590,6 @@ def evaluate(
             )
 
     # -- node alarms ------------------------------------------------------------------------
-    nodes = grid.nodes
     for fault, masks, words in (
         ("sensor_out_of_range", health.out_of_range, "reads values no soil or air can have"),
         ("sensor_stuck", health.stuck, "has not changed for 6 hours"),
@@ -416,7 +609,15 @@ def evaluate(
                 return f"sensor on {nodes[s]} reads normally again"
             return f"{' and '.join(names) or 'a'} sensor on {nodes[s]} {words}; its readings are left out of decisions"
 
-        emit(rule, indicator, nodes, block_of_node, fault_message)
+        emit(
+            rule,
+            indicator,
+            nodes,
+            block_of_node,
+            fault_message,
+            carry.runs("node", fault),
+            subject_index=node_index,
+        )
 
     # Offline: age of the newest reading at each bin.
     present = np.zeros((grid.n_nodes, grid.n_times), dtype=bool)
@@ -424,20 +625,14 @@ def evaluate(
         present |= ~np.isnan(grid.field(name))
     idx = np.where(present, np.arange(grid.n_times), -1)
     last = np.maximum.accumulate(idx, axis=1)
-    age = np.where(last >= 0, times[None, :] - times[np.clip(last, 0, None)], np.nan)
-    if grid.prior_age_s is not None:
-        prior = grid.prior_age_s[:, None] + (times[None, :] - times[0])
-        age = np.where(last >= 0, age, prior)
-    if offline_now:
+    seen_s = np.where(last >= 0, times[np.clip(last, 0, None)], carry.last_seen_s[:, None])
+    age = times[None, :] - seen_s
+    if grid.n_times:
+        carry.last_seen_s = seen_s[:, -1].copy()
+    if offline_now and grid.n_times:
         flagged = np.array([n in offline_now for n in nodes])
         age[flagged, -1] = STATUS_OFFLINE_AGE
-    offline_limit = (
-        np.array(
-            [[table.thresholds[b]["offline_after_min"] * 60.0] for b in grid.node_block.tolist()]
-        )
-        if grid.n_nodes
-        else np.zeros((0, 1))
-    )
+    offline_limit = table.col("offline_after_min")[grid.node_block] * 60.0
     emit(
         AlarmRule("node_offline", "above", 0.0, 0.0, 0.0, 0.0, severity="major"),
         age,
@@ -448,13 +643,18 @@ def evaluate(
             if kind == "clear"
             else f"node {nodes[s]} has sent nothing for {_age_words(v)}"
         ),
+        carry.runs("node", "node_offline"),
         raise_at=offline_limit,
         clear_at=offline_limit - 1e-9,
+        subject_index=node_index,
     )
-    battery_low = (
-        np.array([[table.thresholds[b]["battery_low_v"]] for b in grid.node_block.tolist()])
-        if grid.n_nodes
-        else np.zeros((0, 1))
+    battery_low = table.col("battery_low_v")[grid.node_block]
+    battery, carry.held["battery"], carry.held_s["battery"] = hold_forward(
+        grid.field("battery"),
+        times,
+        HOLD_S,
+        carry.node_array(carry.held, "battery"),
+        carry.node_array(carry.held_s, "battery"),
     )
     emit(
         AlarmRule(
@@ -466,7 +666,7 @@ def evaluate(
             BATTERY_AFTER_S,
             severity="warning",
         ),
-        hold_forward(grid.field("battery"), times, HOLD_S),
+        battery,
         nodes,
         block_of_node,
         lambda s, v, kind: (
@@ -474,60 +674,78 @@ def evaluate(
             if kind == "clear"
             else f"battery of {nodes[s]} is low ({_fmt(v, 2)} V): replace or recharge it"
         ),
+        carry.runs("node", "low_battery"),
         raise_at=battery_low,
         clear_at=battery_low + BATTERY_HYSTERESIS_V,
+        subject_index=node_index,
     )
 
     # -- block alarms -----------------------------------------------------------------------
     blocks = grid.blocks
-    _block_rules(emit, agg, table, blocks)
+    _block_rules(emit, agg, table, blocks, carry)
 
     # -- irrigation -------------------------------------------------------------------------
-    decisions, rain_events = _irrigation(agg, grid.node_block, table, state, times, since_s)
+    decisions, rain_events = _irrigation(agg, grid.node_block, table, state, times, since_s, carry)
 
-    snapshot: dict[str, dict[str, float]] = {}
-    for b, block in enumerate(blocks):
-        snapshot[block] = {
-            "soil_moisture": float(agg["soil_moisture"][b, -1]) if grid.n_times else np.nan,
-            "temperature": float(agg["temperature"][b, -1]) if grid.n_times else np.nan,
-            "humidity": float(agg["humidity"][b, -1]) if grid.n_times else np.nan,
-            "vpd": float(agg["vpd"][b, -1]) if grid.n_times else np.nan,
-            "healthy_nodes": float(agg["healthy_soil_nodes"][b, -1]) if grid.n_times else 0.0,
-        }
+    snapshot = carry.snapshot
+    if grid.n_times:
+        for b, block in enumerate(blocks):
+            snapshot[block] = {
+                "soil_moisture": float(agg["soil_moisture"][b, -1]),
+                "temperature": float(agg["temperature"][b, -1]),
+                "humidity": float(agg["humidity"][b, -1]),
+                "vpd": float(agg["vpd"][b, -1]),
+                "healthy_nodes": float(agg["healthy_soil_nodes"][b, -1]),
+            }
+    for block in blocks:
+        snapshot.setdefault(
+            block,
+            {
+                "soil_moisture": np.nan,
+                "temperature": np.nan,
+                "humidity": np.nan,
+                "vpd": np.nan,
+                "healthy_nodes": 0.0,
+            },
+        )
     # Maturity is sampled rarely (a reading a day or less): each node's latest value counts,
     # over the nodes online now. The temperature, soil and RH fault rules say nothing about
     # the maturity sensor (harvest readiness judges those readings itself).
     maturity = grid.field("maturity")
-    latest = (
-        grid.prior_maturity.astype(np.float64, copy=True)
-        if grid.prior_maturity is not None
-        else np.full(grid.n_nodes, np.nan)
-    )
     if grid.n_times:
         has = ~np.isnan(maturity)
         last_i = np.where(has.any(axis=1), grid.n_times - 1 - np.argmax(has[:, ::-1], axis=1), -1)
-        ok = last_i >= 0
-        latest[ok] = maturity[np.flatnonzero(ok), last_i[ok]]
+        ok = np.flatnonzero(last_i >= 0)
+        carry.maturity[ok] = maturity[ok, last_i[ok]]
+    latest = carry.maturity.copy()
+    if grid.n_times:
         with np.errstate(invalid="ignore"):
             online = age[:, -1] <= offline_limit[:, 0]
         latest[~online] = np.nan
-    block_maturity = _per_block(latest[:, None], grid.node_block, len(blocks), "median")[:, 0]
+    block_maturity = block_groups(grid.node_block, len(blocks)).median(latest[:, None])[:, 0]
     for b, block in enumerate(blocks):
         snapshot[block]["maturity"] = float(block_maturity[b])
-    node_faults = {
-        nodes[n]: [
-            f"{kind}:{name}"
-            for kind, masks in (
-                ("out_of_range", health.out_of_range),
-                ("stuck", health.stuck),
-                ("spikes", health.spiky),
-            )
-            for name, m in masks.items()
-            if grid.n_times and m[n, -1]
-        ]
-        for n in range(grid.n_nodes)
-    }
-    return EngineResult(alarms, decisions, snapshot, node_faults, rain_events, agg)
+    # Faults at the last bin, for the nodes that have any.
+    node_faults: dict[str, list[str]] = {}
+    if grid.n_times:
+        for kind, masks in (
+            ("out_of_range", health.out_of_range),
+            ("stuck", health.stuck),
+            ("spikes", health.spiky),
+        ):
+            for name, m in masks.items():
+                for n in np.flatnonzero(m[:, -1]).tolist():
+                    node_faults.setdefault(nodes[n], []).append(f"{kind}:{name}")
+    if grid.n_times:
+        carry.last_s = float(times[-1])
+    return EngineResult(
+        alarms,
+        decisions,
+        {b: dict(v) for b, v in snapshot.items()},
+        node_faults,
+        rain_events,
+        agg,
+    )
 
 
 def _age_words(seconds: float) -> str:
@@ -540,7 +758,9 @@ def _age_words(seconds: float) -> str:
     return f"{seconds / 3600:.1f} hours"
 
 
-def _block_rules(emit: Any, agg: dict[str, F64], table: BlockTable, blocks: list[str]) -> None:
+def _block_rules(
+    emit: Any, agg: dict[str, F64], table: BlockTable, blocks: list[str], carry: Carry
+) -> None:
     """Block alarms whose minimum duration is itself a per-block threshold."""
     if not blocks:
         return
@@ -649,8 +869,10 @@ def _block_rules(emit: Any, agg: dict[str, F64], table: BlockTable, blocks: list
             durations = np.full(
                 len(blocks), SOIL_ALARM_AFTER_S if rtype == "soil_dry" else WATERLOGGED_AFTER_S
             )
+        starts = carry.runs("block", rtype)
         for duration in np.unique(durations):
             rows = np.flatnonzero(durations == duration)
+            part = starts.take(rows)
             sub_blocks = [blocks[r] for r in rows]
             rule = AlarmRule(
                 rtype,
@@ -673,10 +895,12 @@ def _block_rules(emit: Any, agg: dict[str, F64], table: BlockTable, blocks: list
                 sub_blocks,
                 sub_blocks,
                 msg,
+                part,
                 raise_at=r_at[rows],
                 clear_at=c_at[rows],
                 **extra,
             )
+            starts.put(rows, part)
 
 
 def _irrigation(
@@ -686,7 +910,10 @@ def _irrigation(
     state: EngineState,
     times: F64,
     since_s: float,
+    carry: Carry,
 ) -> tuple[list[IrrigationDecision], list[tuple[float, str, float]]]:
+    """Irrigation decisions and rain events, bin by bin in time order for each block that
+    has something to decide (most blocks, most bins, have nothing)."""
     decisions: list[IrrigationDecision] = []
     rains: list[tuple[float, str, float]] = []
     if times.size == 0:
@@ -696,162 +923,198 @@ def _irrigation(
     rh = agg["humidity"]
     healthy = agg["healthy_soil_nodes"]
     below = threshold_mask(soil, col("soil_trigger"), "below", True)
-    run = run_length_s(below, times)
+    run, below_since = carried_run(below, times, carry.runs("block", "irrigation").raise_s)
+    carry.runs("block", "irrigation").raise_s = below_since
     due = below & (run >= col("trigger_duration_min") * 60.0)
-    # Rain: rise over RAIN_WINDOW_S beyond RAIN_RISE (the window minimum is the baseline).
-    start = np.searchsorted(times, times - RAIN_WINDOW_S, side="left")
-    with np.errstate(all="ignore"), _quiet():
-        filled = np.where(np.isnan(soil), np.inf, soil)
-        # Running minimum over the trailing window: cumulative trick on a small window count.
-        window_min = _trailing_min(filled, start)
+    # Rain: rise over RAIN_WINDOW_S beyond RAIN_RISE (the window minimum is the baseline),
+    # the window reaching back into the bins of earlier pieces.
+    n_hist = carry.soil_history.shape[1]
+    all_s = np.concatenate([carry.soil_history_s, times])
+    all_soil = np.concatenate([carry.soil_history, soil], axis=1)
+    start = np.searchsorted(all_s, all_s - RAIN_WINDOW_S, side="left")
+    with np.errstate(all="ignore"):
+        filled = np.where(np.isnan(all_soil), np.inf, all_soil)
+        window_min = _trailing_min(filled, start)[:, n_hist:]
         rise = np.where(np.isinf(window_min), 0.0, soil - window_min)
         rise = np.nan_to_num(rise, nan=0.0)
+    keep = all_s >= all_s[-1] - RAIN_WINDOW_S
+    carry.soil_history, carry.soil_history_s = all_soil[:, keep], all_s[keep]
     rain_now = rise >= RAIN_RISE
+    rain_starts = rain_now & ~np.concatenate([carry.rain_rising[:, None], rain_now[:, :-1]], axis=1)
+    carry.rain_rising = rain_now[:, -1].copy()
     with np.errstate(invalid="ignore"):
         raining = (rh >= RAINING_RH) & (rise > RAIN_RISE / 3)
+    after = times > since_s
+    first_after = int(np.searchsorted(times, since_s, side="right"))
+    none_healthy = healthy == 0
     nodes_in_block = np.bincount(node_block, minlength=len(table.blocks))
-    for b, block in enumerate(table.blocks):
+    # Only blocks with a rain start, a due irrigation or a sensor-less episode boundary.
+    no_sensor_code = np.array(
+        [state.last_code.get(b.id) == "skip_no_sensor" for b in table.blocks], dtype=bool
+    )
+    busy = rain_starts.any(axis=1) | (due & after).any(axis=1)
+    busy |= (none_healthy & after).any(axis=1) & ~no_sensor_code
+    busy |= (~none_healthy & after).any(axis=1) & no_sensor_code
+    for b in np.flatnonzero(busy).tolist():
+        block = table.blocks[b]
         th = table.thresholds[b]
         bid = block.id
-        busy_until = state.irrigation_busy_until.get(bid, -np.inf)
-        prior_rain_until = state.rain_until.get(bid, -np.inf)
         lockout_s = th["rain_lockout_h"] * 3600.0
-        known_runs = state.irrigation_windows.get(bid, [])
-        # Rain events: the first sample of each rising episode that no irrigation explains.
-        rain_times: list[float] = []
-        prev = False
-        for i in np.flatnonzero(rain_now[b] | np.r_[False, rain_now[b][:-1]]):
+        needed = min(MIN_SOIL_SENSORS, int(nodes_in_block[b]))
+        # The sensor-less rule changes only where "no healthy sensor" starts or ends.
+        nh = none_healthy[b]
+        edge = np.concatenate([[True], nh[1:] != nh[:-1]])
+        if first_after < times.size:
+            edge[first_after] = True
+        visit = np.flatnonzero(rain_starts[b] | (after & (due[b] | edge)))
+        for i in visit.tolist():
             t = float(times[i])
-            is_rain = bool(rain_now[b, i])
-            ours = any(s0 - 600 <= t <= s1 + SETTLE_AFTER_RUN_S for s0, s1 in known_runs)
-            if is_rain and not prev and not ours:
-                rain_times.append(t)
-                if t > since_s:
-                    rains.append((t, bid, float(rise[b, i]) * th["root_depth_m"] * 1000.0))
-            prev = is_rain
-        rain_arr = np.array(rain_times)
-        if rain_times:
-            state.rain_until[bid] = max(prior_rain_until, rain_times[-1] + lockout_s)
-        candidates = np.flatnonzero(due[b] & (times > since_s))
-        for i in candidates:
-            t = float(times[i])
-            if t < busy_until:
+            if rain_starts[b, i]:
+                known_runs = state.irrigation_windows.get(bid, [])
+                if not any(s0 - 600 <= t <= s1 + SETTLE_AFTER_RUN_S for s0, s1 in known_runs):
+                    state.rain_until[bid] = max(state.rain_until.get(bid, -np.inf), t + lockout_s)
+                    if t > since_s:
+                        rains.append((t, bid, float(rise[b, i]) * th["root_depth_m"] * 1000.0))
+            if t <= since_s:
                 continue
-            k = int(np.searchsorted(rain_arr, t, side="right"))
-            rain_until = max(prior_rain_until, rain_arr[k - 1] + lockout_s if k else -np.inf)
-            theta = float(soil[b, i])
-            inputs = {
-                "soil_moisture": round(theta, 4),
-                "trigger": th["soil_trigger"],
-                "refill": th["soil_refill"],
-                "below_trigger_min": round(float(run[b, i]) / 60.0, 1),
-                "healthy_soil_nodes": int(healthy[b, i]),
-                "humidity": None if rh[b, i] != rh[b, i] else round(float(rh[b, i]), 1),
-                "rain_lockout_until_s": None if rain_until == -np.inf else rain_until,
-            }
-            needed = min(MIN_SOIL_SENSORS, nodes_in_block[b])
-            if healthy[b, i] < needed:
-                code = "skip_few_sensors"
-                if state.last_code.get(bid) != code:
+            # No healthy soil sensor: reported once per episode.
+            if none_healthy[b, i]:
+                if state.last_code.get(bid) != "skip_no_sensor":
                     decisions.append(
                         IrrigationDecision(
                             t,
                             bid,
                             "skip",
-                            code,
-                            f"Soil in {bid} reads {theta:.3f} m³/m³, below the "
-                            f"{th['soil_trigger']:.3f} trigger, but only {int(healthy[b, i])} "
-                            f"healthy soil sensor(s) agree (at least {needed} needed): not "
-                            "irrigating on one probe's word. Check the other sensors.",
-                            inputs,
+                            "skip_no_sensor",
+                            f"No healthy soil sensor in {bid} (all faulty or silent): not "
+                            "irrigating on readings that cannot be trusted. Check the sensors.",
+                            {"healthy_soil_nodes": 0},
                         )
                     )
-                    state.last_code[bid] = code
+                    state.last_code[bid] = "skip_no_sensor"
                 continue
-            if t < rain_until or raining[b, i]:
-                code = "skip_rain"
-                hours = max(0.0, (rain_until - t) / 3600.0)
-                reason = (
-                    f"Soil in {bid} is at {theta:.3f} m³/m³, below the {th['soil_trigger']:.3f} trigger, "
-                    f"but rain wetted the root zone recently; waiting {hours:.0f} more hours "
-                    "before irrigating so rain water is not wasted."
-                    if not raining[b, i]
-                    else f"Soil in {bid} is below the trigger but it is raining now; not irrigating."
-                )
-                if state.last_code.get(bid) != code:
-                    decisions.append(IrrigationDecision(t, bid, "skip", code, reason, inputs))
-                    state.last_code[bid] = code
+            if state.last_code.get(bid) == "skip_no_sensor":
+                state.last_code.pop(bid, None)
+            if not due[b, i] or t < state.irrigation_busy_until.get(bid, -np.inf):
                 continue
-            zr = th["root_depth_m"]
-            efficiency = th["application_efficiency"]
-            rate = th["irrigation_rate_mm_h"]
-            net_mm = max(0.0, (th["soil_refill"] - theta) * zr * 1000.0)
-            gross_mm = net_mm / efficiency
-            full_s = gross_mm / rate * 3600.0
-            cap_s = th["max_run_min"] * 60.0
-            duration_s = round(min(full_s, cap_s))
-            applied_mm = rate * duration_s / 3600.0
-            water_m3 = applied_mm * block.area_ha * 10.0  # 1 mm over 1 ha = 10 m³
-            capped = full_s > cap_s
-            inputs.update(
-                root_depth_m=zr,
-                efficiency=efficiency,
-                rate_mm_h=rate,
-                net_mm=round(net_mm, 1),
-                gross_mm=round(gross_mm, 1),
-                max_run_min=th["max_run_min"],
+            decision = _decide(
+                block,
+                th,
+                state,
+                t,
+                float(soil[b, i]),
+                run[b, i],
+                rh[b, i],
+                int(healthy[b, i]),
+                needed,
+                bool(raining[b, i]),
             )
-            reason = (
-                f"Soil in {bid} has been at or below the {th['soil_trigger']:.3f} m³/m³ trigger for "
-                f"{run[b, i] / 60:.0f} minutes (median of {int(healthy[b, i])} healthy sensors: "
-                f"{theta:.3f}). Refilling to {th['soil_refill']:.3f} needs {net_mm:.1f} mm in the "
-                f"{zr:g} m root zone, {gross_mm:.1f} mm at {efficiency:.0%} efficiency: "
-                f"{duration_s / 60:.0f} minutes at {rate:g} mm/h"
-                + (
-                    f", capped at the {th['max_run_min']:.0f}-minute maximum run "
-                    f"({applied_mm:.1f} mm now, the rest on a later run)."
-                    if capped
-                    else "."
-                )
-            )
-            decisions.append(
-                IrrigationDecision(
-                    t,
-                    bid,
-                    "irrigate",
-                    "irrigate_capped" if capped else "irrigate",
-                    reason,
-                    inputs,
-                    depth_mm=round(net_mm, 2),
-                    gross_mm=round(applied_mm, 2),
-                    duration_s=duration_s,
-                    water_m3=round(water_m3, 2),
-                )
-            )
-            state.last_code[bid] = "irrigate"
-            busy_until = t + duration_s + SETTLE_AFTER_RUN_S
-            state.irrigation_windows.setdefault(bid, []).append((t, t + duration_s))
-        # Skip for no healthy sensors: reported once per episode.
-        none_healthy = (healthy[b] == 0) & (times > since_s)
-        if none_healthy.any() and state.last_code.get(bid) != "skip_no_sensor":
-            i = int(np.flatnonzero(none_healthy)[0])
-            decisions.append(
-                IrrigationDecision(
-                    float(times[i]),
-                    bid,
-                    "skip",
-                    "skip_no_sensor",
-                    f"No healthy soil sensor in {bid} (all faulty or silent): not irrigating on "
-                    "readings that cannot be trusted. Check the sensors.",
-                    {"healthy_soil_nodes": 0},
-                )
-            )
-            state.last_code[bid] = "skip_no_sensor"
-        elif not none_healthy.any() and state.last_code.get(bid) == "skip_no_sensor":
-            state.last_code.pop(bid, None)
-        state.irrigation_busy_until[bid] = busy_until
+            if decision is None:
+                continue
+            decisions.append(decision)
+            state.last_code[bid] = decision.code if decision.action == "skip" else "irrigate"
+            if decision.action == "irrigate" and decision.duration_s is not None:
+                state.irrigation_busy_until[bid] = t + decision.duration_s + SETTLE_AFTER_RUN_S
+                state.irrigation_windows.setdefault(bid, []).append((t, t + decision.duration_s))
     decisions.sort(key=lambda d: d.t_s)
     return decisions, rains
+
+
+def _decide(
+    block: Block,
+    th: EffectiveThresholds,
+    state: EngineState,
+    t: float,
+    theta: float,
+    below_s: float,
+    rh: float,
+    healthy: int,
+    needed: int,
+    raining: bool,
+) -> IrrigationDecision | None:
+    """The decision for a block whose soil has been below the trigger long enough: skip for
+    too few sensors or rain (once per episode: None when already said), or irrigate."""
+    bid = block.id
+    rain_until = state.rain_until.get(bid, -np.inf)
+    inputs: dict[str, Any] = {
+        "soil_moisture": round(theta, 4),
+        "trigger": th["soil_trigger"],
+        "refill": th["soil_refill"],
+        "below_trigger_min": round(below_s / 60.0, 1),
+        "healthy_soil_nodes": healthy,
+        "humidity": None if rh != rh else round(rh, 1),
+        "rain_lockout_until_s": None if rain_until == -np.inf else rain_until,
+    }
+    if healthy < needed:
+        if state.last_code.get(bid) == "skip_few_sensors":
+            return None
+        return IrrigationDecision(
+            t,
+            bid,
+            "skip",
+            "skip_few_sensors",
+            f"Soil in {bid} reads {theta:.3f} m³/m³, below the "
+            f"{th['soil_trigger']:.3f} trigger, but only {healthy} "
+            f"healthy soil sensor(s) agree (at least {needed} needed): not "
+            "irrigating on one probe's word. Check the other sensors.",
+            inputs,
+        )
+    if t < rain_until or raining:
+        if state.last_code.get(bid) == "skip_rain":
+            return None
+        hours = max(0.0, (rain_until - t) / 3600.0)
+        reason = (
+            f"Soil in {bid} is below the trigger but it is raining now; not irrigating."
+            if raining
+            else f"Soil in {bid} is at {theta:.3f} m³/m³, below the {th['soil_trigger']:.3f} "
+            f"trigger, but rain wetted the root zone recently; waiting {hours:.0f} more hours "
+            "before irrigating so rain water is not wasted."
+        )
+        return IrrigationDecision(t, bid, "skip", "skip_rain", reason, inputs)
+    zr = th["root_depth_m"]
+    efficiency = th["application_efficiency"]
+    rate = th["irrigation_rate_mm_h"]
+    net_mm = max(0.0, (th["soil_refill"] - theta) * zr * 1000.0)
+    gross_mm = net_mm / efficiency
+    full_s = gross_mm / rate * 3600.0
+    cap_s = th["max_run_min"] * 60.0
+    duration_s = round(min(full_s, cap_s))
+    applied_mm = rate * duration_s / 3600.0
+    water_m3 = applied_mm * block.area_ha * 10.0  # 1 mm over 1 ha = 10 m³
+    capped = full_s > cap_s
+    inputs.update(
+        root_depth_m=zr,
+        efficiency=efficiency,
+        rate_mm_h=rate,
+        net_mm=round(net_mm, 1),
+        gross_mm=round(gross_mm, 1),
+        max_run_min=th["max_run_min"],
+    )
+    reason = (
+        f"Soil in {bid} has been at or below the {th['soil_trigger']:.3f} m³/m³ trigger for "
+        f"{below_s / 60:.0f} minutes (median of {healthy} healthy sensors: "
+        f"{theta:.3f}). Refilling to {th['soil_refill']:.3f} needs {net_mm:.1f} mm in the "
+        f"{zr:g} m root zone, {gross_mm:.1f} mm at {efficiency:.0%} efficiency: "
+        f"{duration_s / 60:.0f} minutes at {rate:g} mm/h"
+        + (
+            f", capped at the {th['max_run_min']:.0f}-minute maximum run "
+            f"({applied_mm:.1f} mm now, the rest on a later run)."
+            if capped
+            else "."
+        )
+    )
+    return IrrigationDecision(
+        t,
+        bid,
+        "irrigate",
+        "irrigate_capped" if capped else "irrigate",
+        reason,
+        inputs,
+        depth_mm=round(net_mm, 2),
+        gross_mm=round(applied_mm, 2),
+        duration_s=duration_s,
+        water_m3=round(water_m3, 2),
+    )
 
 
 def _trailing_min(x: F64, start: npt.NDArray[np.int64]) -> F64:

@@ -39,6 +39,7 @@ from control.commands import Command, CommandSettings, ValveLink, list_commands,
 from control.engine import (
     AlarmTransition,
     BlockTable,
+    Carry,
     EngineResult,
     EngineState,
     IrrigationDecision,
@@ -95,20 +96,10 @@ class ControlSettings(OrchardSettings):
         default=8.0, gt=0, description="History loaded before the new readings (durations, stuck)"
     )
     control_max_catchup_h: float = Field(default=72.0, gt=0)
-    control_overlap_s: float = Field(
-        default=300.0,
+    control_settle_s: float = Field(
+        default=15.0,
         ge=0,
-        description="Each tick fetches again the last seconds of the previous one (late writes)",
-    )
-    control_resync_s: float = Field(
-        default=600.0,
-        gt=0,
-        description="This often a tick fetches the last control_late_s again (late forwarding)",
-    )
-    control_late_s: float = Field(
-        default=3600.0,
-        ge=0,
-        description="How late a store-and-forward reading may arrive and still be seen",
+        description="A bin is evaluated this long after it closed (ingest's write delay)",
     )
     control_irrigate: bool = Field(
         default=True, description="Send valve commands (else advise only)"
@@ -216,10 +207,12 @@ class ControlService:
             self.farm,
             self.orchard.blocks,
             settings.control_step_s,
-            overlap_s=settings.control_overlap_s,
-            resync_s=settings.control_resync_s,
-            late_s=settings.control_late_s,
         )
+        # The engine's state between ticks, and the thresholds it was built with: None until
+        # the first tick, and again after a failure or a change of thresholds (rebuilt from
+        # the window's history).
+        self.carry: Carry | None = None
+        self._carry_thresholds: list[dict[str, float]] = []
         self._pending_lines: list[str] = []
 
     # --- clock ---------------------------------------------------------------------------
@@ -387,12 +380,29 @@ class ControlService:
         kv_set(self.engine, STATE_SCOPE, "processed_until", processed_until)
 
     def _evaluate(
-        self, grid: Any, table: BlockTable, state: EngineState, since: float, offline: set[str]
+        self, table: BlockTable, state: EngineState, since: float, offline: set[str]
     ) -> tuple[EngineResult | None, list[str]]:
+        """Evaluate the bins after ``since``: only those with the carried state, or the whole
+        window (its history only rebuilding the state) when there is none to continue."""
+        fingerprint = [t.as_floats() for t in table.thresholds]
+        carry = self.carry
+        if carry is None or carry.last_s != since or fingerprint != self._carry_thresholds:
+            if carry is not None and fingerprint != self._carry_thresholds:
+                log.info("thresholds changed: rebuilding the engine state from the window")
+            carry, grid = Carry(), self.window.grid()
+        else:
+            grid = self.window.tail(since)
+        self.carry = None
         try:
-            return evaluate(grid, table, state, since, offline_now=offline), []
+            result = evaluate(grid, table, state, since, carry=carry, offline_now=offline)
         except Exception:
             log.exception("evaluation of all blocks failed; evaluating blocks one by one")
+        else:
+            self.carry, self._carry_thresholds = carry, fingerprint
+            return result, []
+        # One block at a time over the whole window, without carried state (the next tick
+        # rebuilds it), so a block that fails does not keep the others from their decisions.
+        grid = self.window.grid()
         failed: list[str] = []
         merged: EngineResult | None = None
         from control.engine import Grid
@@ -437,13 +447,15 @@ class ControlService:
             return TickReport(now=datetime.now(UTC))
         now = self.clock.now()
         report = TickReport(now=now)
-        thresholds = await asyncio.to_thread(self.thresholds.effective_all, now.date())
+        today = daily.local_today(now, daily.farm_zone(self.orchard))
+        thresholds = await asyncio.to_thread(self.thresholds.effective_all, today)
         blocks = self.orchard.blocks
         table = BlockTable(blocks, [thresholds[b.id] for b in blocks], self.farm)
         step = self.settings.control_step_s
-        # Bins are aligned to the step; the bin holding "now" is still filling, so the
-        # engine sees only complete bins and the open one is evaluated next tick.
-        end = datetime.fromtimestamp(math.floor(now.timestamp() / step) * step, UTC)
+        # Bins are aligned to the step. A bin is evaluated once, when it has closed and
+        # ingest has had time to write its readings (control_settle_s).
+        settled = now.timestamp() - self.settings.control_settle_s
+        end = datetime.fromtimestamp(math.floor(settled / step) * step, UTC)
         processed = kv_get(self.engine, STATE_SCOPE, "processed_until")
         floor = end - timedelta(hours=self.settings.control_max_catchup_h)
         if processed:
@@ -452,29 +464,30 @@ class ControlService:
             since = end - timedelta(seconds=step * 2)
         raw_start = (since - timedelta(hours=self.settings.control_context_h)).timestamp()
         start = datetime.fromtimestamp(math.floor(raw_start / step) * step, UTC)
-        if end <= start:
-            return report
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        grid = await self.window.update(self.influx, start.timestamp(), end.timestamp())
-        report.fetch_s = loop.time() - t0
-        report.query_s = self.window.stats.query_s
-        report.full_fetch = self.window.stats.full
-        t1 = loop.time()
-        state = self._engine_state(now)
-        offline = {n for n, up in self.link.presence.items() if up is False}
-        result, report.failed_blocks = self._evaluate(
-            grid, table, state, since.timestamp(), offline
-        )
-        report.evaluate_s = loop.time() - t1
-        if result is not None:
-            self._apply_alarms(result.alarms)
-            report.alarms = result.alarms
-            report.decisions = result.decisions
-            report.commands = self._apply_decisions(result.decisions, thresholds, now)
-            self._record_rain(result.rain_events)
-            self._block_state(result, thresholds, now)
-            self._save_state(state, float(grid.times_s[-1]) if grid.n_times else since.timestamp())
+        result: EngineResult | None = None
+        # The newest bin evaluated is end - step: nothing new until a further bin closes.
+        if end > start and end - timedelta(seconds=step) > since:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            grid = await self.window.update(self.influx, start.timestamp(), end.timestamp())
+            report.fetch_s = loop.time() - t0
+            report.query_s = self.window.stats.query_s
+            report.full_fetch = self.window.stats.full
+            if self.window.stats.full:
+                self.carry = None
+            t1 = loop.time()
+            state = self._engine_state(now)
+            offline = {n for n, up in self.link.presence.items() if up is False}
+            result, report.failed_blocks = self._evaluate(table, state, since.timestamp(), offline)
+            report.evaluate_s = loop.time() - t1
+            if result is not None:
+                self._apply_alarms(result.alarms)
+                report.alarms = result.alarms
+                report.decisions = result.decisions
+                report.commands = self._apply_decisions(result.decisions, thresholds, now)
+                self._record_rain(result.rain_events)
+                self._block_state(result, thresholds, now)
+                self._save_state(state, float(grid.times_s[-1]))
         self._mirror_alarm_events()
         await self._daily(now, thresholds)
         await self.flush_lines()
@@ -587,8 +600,9 @@ class ControlService:
         if not rains:
             return
         saved = kv_get(self.engine, STATE_SCOPE, "rain_mm") or {}
+        zone = daily.farm_zone(self.orchard)
         for t, block, mm in rains:
-            day = datetime.fromtimestamp(t, UTC).date().isoformat()
+            day = daily.local_day(t, zone).isoformat()
             per_block = saved.setdefault(block, {})
             per_block[day] = round(per_block.get(day, 0.0) + mm, 1)
         kv_set(self.engine, STATE_SCOPE, "rain_mm", saved)
@@ -623,7 +637,7 @@ class ControlService:
             )
 
     async def _daily(self, now: datetime, thresholds: dict[str, EffectiveThresholds]) -> None:
-        today = now.date()
+        today = daily.local_today(now, daily.farm_zone(self.orchard))
         done = kv_get(self.engine, STATE_SCOPE, "daily_done")
         if done == today.isoformat():
             return
@@ -637,16 +651,17 @@ class ControlService:
     async def daily_lines(
         self, today: date, thresholds: dict[str, EffectiveThresholds]
     ) -> list[str]:
-        """``block_daily`` for every complete day since the earliest bloom (idempotent rewrite)."""
+        """``block_daily`` for every complete local day since the earliest bloom (idempotent)."""
         blocks = self.orchard.blocks
+        zone = daily.farm_zone(self.orchard)
         first = min(b.bloom_date for b in blocks)
         if first >= today:
             return []
         first = max(first, today - timedelta(days=366))
         results = await self.influx.query(
-            daily.daily_query(self.farm, blocks, first, today), epoch="ms"
+            daily.daily_query(self.farm, blocks, first, today, zone), epoch="ms"
         )
-        per_block = daily.node_days(results[0] if results else [], blocks, first, today)
+        per_block = daily.node_days(results[0] if results else [], blocks, first, today, zone)
         days = daily.day_range(first, today)
         rain = kv_get(self.engine, STATE_SCOPE, "rain_mm") or {}
         irrigation = self._irrigation_mm(first)
@@ -660,12 +675,13 @@ class ControlService:
                 {date.fromisoformat(k): v for k, v in rain.get(block.id, {}).items()},
                 irrigation.get(block.id, {}),
             )
-            lines += daily.daily_lines(self.farm, block.id, rows)
+            lines += daily.daily_lines(self.farm, block.id, rows, zone)
         return lines
 
     def _irrigation_mm(self, since: date) -> dict[str, dict[date, float]]:
         """Net depth of acknowledged runs per block and day (one valve's depth per decision)."""
-        start = datetime(since.year, since.month, since.day, tzinfo=UTC)
+        zone = daily.farm_zone(self.orchard)
+        start = daily.local_midnight(since, zone)
         out: dict[str, dict[date, float]] = {}
         seen: set[tuple[str, int]] = set()
         for c in list_commands(self.engine, limit=100_000):
@@ -679,7 +695,7 @@ class ControlService:
             if key in seen:
                 continue
             seen.add(key)
-            day = c.issued_at.date()
+            day = daily.local_day(c.issued_at.timestamp(), zone)
             per = out.setdefault(c.block, {})
             per[day] = per.get(day, 0.0) + (c.depth_mm or 0.0)
         return out

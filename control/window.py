@@ -1,24 +1,20 @@
 """The live loop's rolling window: each node's recent readings kept in memory between ticks.
 
-A tick used to reload the whole context (hours of raw readings of every node) from
-InfluxDB. The window keeps them as numpy arrays (nodes × one-minute bins) and a tick asks
-InfluxDB only for what arrived since the previous one, in ONE query for all blocks:
+The engine judges each one-minute bin once, carrying its state from tick to tick
+(:class:`control.engine.Carry`), so a steady tick needs only the bins that closed since
+the previous one: the window asks InfluxDB for exactly those, in ONE query for all
+blocks, and appends them. It keeps the context before them (``control_context_h``) for
+the times the engine must rebuild its state: the first tick, a restart, and a change of
+thresholds (the new thresholds are applied to the kept history, with no query).
 
-- ``time >= <end of the previous window> - overlap_s``: the bins of the last ``overlap_s``
-  are fetched again and replaced whole, so a reading written a little late (ingest's
-  batching, a short broker hiccup) still lands in its bin, and a point rewritten by a
-  redelivery is not counted twice;
-- every ``resync_s`` the tick fetches the last ``late_s`` instead (a catch-up), so
-  readings a node forwards late from its store-and-forward buffer after an outage are
-  seen within ``resync_s`` if they are at most ``late_s`` old;
-- the first tick (and a restart, or a jump of the clock) loads the whole window.
-
-InfluxDB 1.x keeps one time per point, the device time ingest writes (a redelivered
-message overwrites itself): there is no write time to ask "what arrived since", so the
-window works in device time and bounds lateness by the overlap and the catch-up. A late
-reading changes the bins it falls in for the rules that look back over them (durations,
-stuck, spikes, rain); decisions already taken for those minutes stay taken, as they were
-the right call on what was known then.
+InfluxDB 1.x keeps one time per point, the device time ingest writes: there is no write
+time to ask "what arrived since", so the window works in device time. A bin is read once,
+``control_settle_s`` after it closed (ingest writes within a second or two). A reading that
+arrives later than that (a node forwarding its store-and-forward buffer after an outage)
+is stored and shown on the dashboards and in backtests, but the live loop does not judge
+those minutes again: what it decided then was the right call on what was known. The
+window is reloaded whole after a restart, so the history the engine rebuilds from includes
+such readings.
 
 The window produces a :class:`~control.engine.Grid` exactly like
 :func:`control.data.grid_from_series` on the same period (same bins, same means, same
@@ -63,7 +59,6 @@ class FetchStats:
     """What the last :meth:`RollingWindow.update` did (for logs and the benchmark)."""
 
     full: bool = False
-    catch_up: bool = False
     rows: int = 0
     bins: int = 0
     query_s: float = 0.0
@@ -78,17 +73,11 @@ class RollingWindow:
         blocks: Sequence[Block],
         step_s: float,
         *,
-        overlap_s: float = 300.0,
-        resync_s: float = 600.0,
-        late_s: float = 3600.0,
         slack_bins: int = 240,
     ) -> None:
         self.farm = farm
         self.blocks = list(blocks)
         self.step_s = float(step_s)
-        self.overlap_s = overlap_s
-        self.resync_s = resync_s
-        self.late_s = late_s
         self.block_ids = [b.id for b in self.blocks]
         self._block_index = {b: i for i, b in enumerate(self.block_ids)}
         self.nodes: list[str] = []
@@ -108,7 +97,6 @@ class RollingWindow:
         # Bin time of each node's newest reading before start_s (-inf: none known).
         self._before_s = np.full(len(self.nodes), -np.inf)
         self._prior_maturity = np.full(len(self.nodes), np.nan)
-        self._synced_at = -math.inf
         self.stats = FetchStats()
 
     @property
@@ -118,19 +106,20 @@ class RollingWindow:
     # --- the tick -------------------------------------------------------------------------
 
     async def update(self, client: InfluxClient, start_s: float, end_s: float) -> Grid:
-        """Move the window to ``[start_s, end_s)`` (step-aligned) and fetch what is new."""
+        """Move the window to ``[start_s, end_s)`` (step-aligned) and fetch the new bins:
+        all of them on the first call or when the window cannot continue (a restart, a jump
+        of the clock), else only those after the previous end."""
         reset = (
             math.isnan(self.start_s)
             or start_s >= self.end_s
             or start_s < self.start_s
             or end_s < self.end_s
         )
-        catch_up = not reset and end_s - self._synced_at >= self.resync_s
-        if reset:
-            fetch_from = start_s
-        else:
-            back = self.late_s if catch_up else self.overlap_s
-            fetch_from = max(start_s, math.floor((self.end_s - back) / self.step_s) * self.step_s)
+        fetch_from = start_s if reset else self.end_s
+        if not reset and end_s == self.end_s:
+            self._move(start_s, end_s)
+            self.stats = FetchStats()
+            return self.grid()
         q = rows_query(self.farm, fetch_from, end_s)
         if reset:
             q += "; " + last_seen_query(self.farm, self.blocks, _ts(start_s))
@@ -145,12 +134,8 @@ class RollingWindow:
                 self._set_prior(results[1], results[2], start_s)
         else:
             self._move(start_s, end_s)
-        if reset or catch_up:
-            self._synced_at = end_s
         rows = self.merge(series, fetch_from)
-        self.stats = FetchStats(
-            reset, catch_up, rows, round((end_s - fetch_from) / self.step_s), query_s
-        )
+        self.stats = FetchStats(reset, rows, round((end_s - fetch_from) / self.step_s), query_s)
         return self.grid()
 
     def merge(self, series: Sequence[Series], from_s: float) -> int:
@@ -207,6 +192,19 @@ class RollingWindow:
             values={f: self._buf[f][:, a:b] for f in FIELDS},
             prior_age_s=prior_age,
             prior_maturity=self._prior_maturity.copy(),
+        )
+
+    def tail(self, after_s: float) -> Grid:
+        """The window's bins after ``after_s`` (what a steady tick evaluates): views, no copy."""
+        first = max(0, math.floor((after_s - self.start_s) / self.step_s) + 1)
+        a, b = self._lo + min(first, self.n_bins), self._lo + self.n_bins
+        times = np.asarray(self.start_s + np.arange(a - self._lo, b - self._lo) * self.step_s)
+        return Grid(
+            times_s=times.astype(np.float64),
+            nodes=list(self.nodes),
+            node_block=self.node_block,
+            blocks=list(self.block_ids),
+            values={f: self._buf[f][:, a:b] for f in FIELDS},
         )
 
     # --- keeping the buffer ---------------------------------------------------------------

@@ -220,18 +220,6 @@ def test_unknown_time_zone_is_rejected_when_the_orchard_loads(tmp_path: Path) ->
             Farm(id="f", timezone=bad)
 
 
-def _service_patched() -> bool:
-    import inspect
-
-    from control.service import ControlService
-
-    return "farm_zone" in inspect.getsource(ControlService._daily)
-
-
-@pytest.mark.skipif(
-    not _service_patched(),
-    reason="control/service.py not yet patched (/work/notes/daily-tz-service.patch)",
-)
 async def test_service_days_rain_and_irrigation_on_local_days(
     stack: LiveStack, influx_db: InfluxSettings, influx: SyncInfluxClient, tmp_path: Path
 ) -> None:

@@ -87,7 +87,6 @@ async def test_incremental_ticks_decide_exactly_as_a_full_replay(
             state_url=state_url,
             control_step_s=60,
             control_irrigate=False,
-            control_resync_s=1e9,  # steady state only: no periodic reload in this test
         ),
         orchard=orchard,
         engine=open_store(state_url),
@@ -154,7 +153,7 @@ async def test_incremental_ticks_decide_exactly_as_a_full_replay(
     assert rows[-1]["maturity_threshold"] == 3.0
 
 
-async def test_window_catches_late_readings_within_the_overlap_and_on_reload(
+async def test_window_fetches_only_new_bins_and_a_reload_sees_late_readings(
     influx_db: InfluxSettings, influx: SyncInfluxClient
 ) -> None:
     farm = f"farm-{uuid.uuid4().hex[:6]}"
@@ -162,7 +161,7 @@ async def test_window_catches_late_readings_within_the_overlap_and_on_reload(
     block = orchard.blocks[0]
     node = block.sensor_nodes[0]
     write_readings(influx, block, 60, soil=lambda m: 0.25, farm=farm)
-    window = RollingWindow(farm, [block], 60.0, overlap_s=300.0, resync_s=3600.0, late_s=5400)
+    window = RollingWindow(farm, [block], 60.0)
     t0 = T0.timestamp()
 
     def late(minute: int, value: float) -> None:
@@ -179,28 +178,32 @@ async def test_window_catches_late_readings_within_the_overlap_and_on_reload(
     try:
         grid = await window.update(client, t0, t0 + 3600)
         assert window.stats.full and window.stats.rows == 120
-        # Nothing new, nothing changed: the same grid.
+        # Nothing new: no query at all.
         await window.update(client, t0, t0 + 3600)
-        assert not window.stats.full and window.stats.rows == 10 and window.stats.bins == 5
-        # A reading rewritten 3 minutes back (within the overlap) and one 20 minutes back.
-        late(57, 0.31)
+        assert not window.stats.full and window.stats.rows == 0 and window.stats.query_s == 0
+        # Two new minutes (one written late, into a minute already read) and the window
+        # moved on by two: only the two new bins are fetched.
+        write_readings(
+            influx, block, 62, soil=lambda m: 0.26, farm=farm, start=T0 + timedelta(minutes=60)
+        )
         late(40, 0.33)
         grid = await window.update(client, t0 + 120, t0 + 3720)
-        assert not window.stats.full and window.stats.bins == 7
-        soil = grid.field("soil_moisture")
-        assert grid.times_s[0] == t0 + 120
-        i57 = int(np.flatnonzero(grid.times_s == t0 + 57 * 60)[0])
+        assert not window.stats.full and window.stats.bins == 2 and window.stats.rows == 4
+        assert grid.times_s[0] == t0 + 120 and grid.n_times == 60
         i40 = int(np.flatnonzero(grid.times_s == t0 + 40 * 60)[0])
-        assert soil[0, i57] == pytest.approx((0.25 + 0.31) / 2)  # both points of the minute
-        assert soil[0, i40] == 0.25  # older than the overlap: not seen yet
-        # The periodic catch-up (an hour after the first load) fetches the last 90 minutes.
-        grid = await window.update(client, t0 + 180, t0 + 7200)
-        assert window.stats.catch_up and not window.stats.full and window.stats.bins == 117
-        i40 = int(np.flatnonzero(grid.times_s == t0 + 40 * 60)[0])
+        assert grid.field("soil_moisture")[0, i40] == 0.25  # the late reading: not re-read
+        assert grid.field("soil_moisture")[0, -1] == 0.26
+        tail = window.tail(t0 + 3540)  # the bins after the last one evaluated
+        assert tail.times_s.tolist() == [t0 + 3600, t0 + 3660]
+        np.testing.assert_array_equal(tail.field("soil_moisture"), [[0.26, 0.26], [0.26, 0.26]])
+        # A reload (a restart, a jump of the clock) reads the whole window again, late
+        # readings included, and equals a replay's grid of the same period.
+        fresh = RollingWindow(farm, [block], 60.0)
+        grid = await fresh.update(client, t0 + 120, t0 + 3720)
+        assert fresh.stats.full
         assert grid.field("soil_moisture")[0, i40] == pytest.approx((0.25 + 0.33) / 2)
-        # The window equals a replay's grid of the same period.
         replay = load_grid(
-            influx, farm, [block], T0 + timedelta(minutes=3), T0 + timedelta(minutes=120)
+            influx, farm, [block], T0 + timedelta(minutes=2), T0 + timedelta(minutes=62)
         )
         for f, v in replay.values.items():
             np.testing.assert_array_equal(grid.values[f], v)
