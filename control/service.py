@@ -213,6 +213,7 @@ class ControlService:
         # the window's history).
         self.carry: Carry | None = None
         self._carry_thresholds: list[dict[str, float]] = []
+        self._table: BlockTable | None = None
         self._pending_lines: list[str] = []
 
     # --- clock ---------------------------------------------------------------------------
@@ -384,7 +385,11 @@ class ControlService:
     ) -> tuple[EngineResult | None, list[str]]:
         """Evaluate the bins after ``since``: only those with the carried state, or the whole
         window (its history only rebuilding the state) when there is none to continue."""
-        fingerprint = [t.as_floats() for t in table.thresholds]
+        changed = table is not self._table
+        fingerprint = (
+            [t.as_floats() for t in table.thresholds] if changed else self._carry_thresholds
+        )
+        self._table = table
         carry = self.carry
         if carry is None or carry.last_s != since or fingerprint != self._carry_thresholds:
             if carry is not None and fingerprint != self._carry_thresholds:
@@ -450,7 +455,12 @@ class ControlService:
         today = daily.local_today(now, daily.farm_zone(self.orchard))
         thresholds = await asyncio.to_thread(self.thresholds.effective_all, today)
         blocks = self.orchard.blocks
-        table = BlockTable(blocks, [thresholds[b.id] for b in blocks], self.farm)
+        table = self._table
+        current = [thresholds[b.id] for b in blocks]
+        # Thresholds come from a cache: the same objects mean the same table (its arrays
+        # are built once, not every tick).
+        if table is None or any(a is not b for a, b in zip(table.thresholds, current, strict=True)):
+            table = BlockTable(blocks, current, self.farm)
         step = self.settings.control_step_s
         # Bins are aligned to the step. A bin is evaluated once, when it has closed and
         # ingest has had time to write its readings (control_settle_s).

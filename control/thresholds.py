@@ -454,6 +454,10 @@ class Thresholds:
     def __init__(self, engine: Engine, orchard: Orchard) -> None:
         self.engine = engine
         self.orchard = orchard
+        # (block, its overrides) -> thresholds, for the day in _cached_on: a tick asks for
+        # every block's thresholds, which change only with an override or the day.
+        self._cache: dict[tuple[str, tuple[Override, ...]], EffectiveThresholds] = {}
+        self._cached_on: date | None = None
 
     def block(self, block_id: str) -> Block:
         return self.orchard.block(block_id)
@@ -478,7 +482,17 @@ class Thresholds:
         by_block: dict[str, list[Override]] = {}
         for o in self.overrides():
             by_block.setdefault(o.block, []).append(o)
-        return {b.id: _effective(b, on, by_block.get(b.id, [])) for b in self.orchard.blocks}
+        if on != self._cached_on:
+            self._cache.clear()
+            self._cached_on = on
+        out: dict[str, EffectiveThresholds] = {}
+        for b in self.orchard.blocks:
+            key = (b.id, tuple(by_block.get(b.id, ())))
+            found = self._cache.get(key)
+            if found is None:
+                found = self._cache[key] = _effective(b, on, list(key[1]))
+            out[b.id] = found
+        return out
 
     def set_overrides(
         self,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import numpy.typing as npt
 
 from control.data import last_maturity_query, last_seen_query
 from control.engine import F64, FIELDS, Grid
@@ -145,31 +146,18 @@ class RollingWindow:
         n = self.n_bins - first
         if n <= 0:
             return 0
-        for s in series:
-            if s.values:
-                node_col, block_col = s.columns.index("node"), s.columns.index("block")
-                self._adopt_new_nodes({(r[node_col], r[block_col]) for r in s.values})
+        parsed = [self._parse(s) for s in series if s.values]
+        size = len(self.nodes) * n  # adopting new nodes may have grown it
         count = 0
-        size = len(self.nodes) * n
         sums = {f: np.zeros(size) for f in FIELDS}
         counts = {f: np.zeros(size) for f in FIELDS}
-        for s in series:
-            if not s.values:
-                continue
-            cols = {c: i for i, c in enumerate(s.columns)}
-            node_col = cols["node"]
-            rows = s.values
-            count += len(rows)
-            index = self.node_index
-            node = np.fromiter((index.get(r[node_col], -1) for r in rows), np.int64, len(rows))
-            times = np.fromiter((r[0] for r in rows), np.float64, len(rows)) / 1000.0
-            present_fields = [f for f in FIELDS if f in cols]
-            data = np.array([[r[cols[f]] for f in present_fields] for r in rows], np.float64)
+        for node, times, columns in parsed:
+            count += node.size
             bins = np.floor((times - from_s) / self.step_s).astype(np.int64)
             ok = (bins >= 0) & (bins < n) & (node >= 0)
             flat = node[ok] * n + bins[ok]
-            for k, f in enumerate(present_fields):
-                v = data[ok, k]
+            for f, values in columns.items():
+                v = values[ok]
                 have = ~np.isnan(v)
                 sums[f] += np.bincount(flat[have], weights=v[have], minlength=size)
                 counts[f] += np.bincount(flat[have], minlength=size)
@@ -178,6 +166,23 @@ class RollingWindow:
             for f in FIELDS:
                 self._buf[f][:, a : a + n] = (sums[f] / counts[f]).reshape(len(self.nodes), n)
         return count
+
+    def _parse(self, s: Series) -> tuple[npt.NDArray[np.int64], F64, dict[str, F64]]:
+        """Node index, time (s) and field columns of a series of rows ``time, node, block,
+        <FIELDS>`` in one pass over the rows; nodes the layout does not list are adopted."""
+        columns = list(zip(*s.values, strict=True))
+        at = {c: i for i, c in enumerate(s.columns)}
+        names = columns[at["node"]]
+        index = self.node_index
+        node = np.fromiter((index.get(name, -1) for name in names), np.int64, len(names))
+        unknown = np.flatnonzero(node < 0)
+        if unknown.size:
+            blocks = columns[at["block"]]
+            self._adopt_new_nodes({(names[i], blocks[i]) for i in unknown.tolist()})
+            node[unknown] = [index.get(names[i], -1) for i in unknown.tolist()]
+        times = np.asarray(columns[0], dtype=np.float64) / 1000.0
+        fields = {f: np.asarray(columns[at[f]], dtype=np.float64) for f in FIELDS if f in at}
+        return node, times, fields
 
     def grid(self) -> Grid:
         a, b = self._lo, self._lo + self.n_bins
