@@ -485,6 +485,13 @@ class ControlService:
             report.full_fetch = self.window.stats.full
             if self.window.stats.full:
                 self.carry = None
+            elif self.carry is not None and self.window.latest_maturity:
+                # Maturity comes in its own statement every few minutes, for bins the
+                # engine may have judged already: its latest value per node goes straight
+                # into the carried state (it feeds no rule, only the block's maturity).
+                self.carry.fit(grid)
+                for row, value in self.window.latest_maturity.items():
+                    self.carry.maturity[row] = value
             t1 = loop.time()
             state = self._engine_state(now)
             offline = {n for n, up in self.link.presence.items() if up is False}

@@ -55,6 +55,14 @@ def rows_query(farm: str, start_s: float, end_s: float, fields: Sequence[str] = 
     )
 
 
+# What a steady tick asks for every minute. Maturity is read rarely by the nodes (a reading a
+# day or less) and only feeds the block's latest maturity, not a rule: it has its own
+# statement every MATURITY_EVERY_S, since InfluxDB 1.x opens one cursor per series and field
+# even for a minute with no such reading (10,000 more cursors, ~25 % of the query).
+MINUTE_FIELDS = tuple(f for f in FIELDS if f != "maturity")
+MATURITY_EVERY_S = 600.0
+
+
 @dataclass
 class FetchStats:
     """What the last :meth:`RollingWindow.update` did (for logs and the benchmark)."""
@@ -98,6 +106,10 @@ class RollingWindow:
         # Bin time of each node's newest reading before start_s (-inf: none known).
         self._before_s = np.full(len(self.nodes), -np.inf)
         self._prior_maturity = np.full(len(self.nodes), np.nan)
+        self.maturity_every_s = MATURITY_EVERY_S
+        self._maturity_until = -math.inf  # maturity is in the buffer up to here
+        # node row -> its newest maturity, from the last maturity statement
+        self.latest_maturity: dict[int, float] = {}
         self.stats = FetchStats()
 
     @property
@@ -117,14 +129,22 @@ class RollingWindow:
             or end_s < self.end_s
         )
         fetch_from = start_s if reset else self.end_s
+        self.latest_maturity = {}
         if not reset and end_s == self.end_s:
             self._move(start_s, end_s)
             self.stats = FetchStats()
             return self.grid()
-        q = rows_query(self.farm, fetch_from, end_s)
+        maturity_from = self._maturity_until
+        with_maturity = not reset and end_s - maturity_from >= self.maturity_every_s
         if reset:
+            q = rows_query(self.farm, fetch_from, end_s)
             q += "; " + last_seen_query(self.farm, self.blocks, _ts(start_s))
             q += "; " + last_maturity_query(self.farm, self.blocks, _ts(start_s))
+        else:
+            q = rows_query(self.farm, fetch_from, end_s, MINUTE_FIELDS)
+            if with_maturity:
+                maturity_from = max(maturity_from, start_s)
+                q += "; " + rows_query(self.farm, maturity_from, end_s, ("maturity",))
         t0 = time.perf_counter()
         results = await client.query(q, epoch="ms")
         query_s = time.perf_counter() - t0
@@ -135,13 +155,19 @@ class RollingWindow:
                 self._set_prior(results[1], results[2], start_s)
         else:
             self._move(start_s, end_s)
-        rows = self.merge(series, fetch_from)
+        rows = self.merge(series, fetch_from, FIELDS if reset else MINUTE_FIELDS)
+        if reset or with_maturity:
+            self._maturity_until = end_s
+        if with_maturity and len(results) > 1:
+            rows += self.merge(results[1], maturity_from, ("maturity",))
         self.stats = FetchStats(reset, rows, round((end_s - fetch_from) / self.step_s), query_s)
         return self.grid()
 
-    def merge(self, series: Sequence[Series], from_s: float) -> int:
-        """Replace the bins from ``from_s`` to the window's end with the means of the rows
-        of ``series`` (columns ``time, node, block, <FIELDS>``; other blocks are ignored)."""
+    def merge(self, series: Sequence[Series], from_s: float, fields: Sequence[str] = FIELDS) -> int:
+        """Replace the bins of ``fields`` from ``from_s`` to the window's end with the means
+        of the rows of ``series`` (columns ``time, node, block, <fields>``; other blocks are
+        ignored). Maturity read this way is also kept in ``latest_maturity`` (node -> value)
+        for the engine, which has judged those bins already."""
         first = round((from_s - self.start_s) / self.step_s)
         n = self.n_bins - first
         if n <= 0:
@@ -149,22 +175,30 @@ class RollingWindow:
         parsed = [self._parse(s) for s in series if s.values]
         size = len(self.nodes) * n  # adopting new nodes may have grown it
         count = 0
-        sums = {f: np.zeros(size) for f in FIELDS}
-        counts = {f: np.zeros(size) for f in FIELDS}
+        sums = {f: np.zeros(size) for f in fields}
+        counts = {f: np.zeros(size) for f in fields}
         for node, times, columns in parsed:
             count += node.size
             bins = np.floor((times - from_s) / self.step_s).astype(np.int64)
             ok = (bins >= 0) & (bins < n) & (node >= 0)
             flat = node[ok] * n + bins[ok]
             for f, values in columns.items():
+                if f not in sums:
+                    continue
                 v = values[ok]
                 have = ~np.isnan(v)
                 sums[f] += np.bincount(flat[have], weights=v[have], minlength=size)
                 counts[f] += np.bincount(flat[have], minlength=size)
         a = self._lo + first
         with np.errstate(invalid="ignore", divide="ignore"):
-            for f in FIELDS:
+            for f in fields:
                 self._buf[f][:, a : a + n] = (sums[f] / counts[f]).reshape(len(self.nodes), n)
+        if tuple(fields) == ("maturity",):
+            binned = self._buf["maturity"][:, a : a + n]
+            has = ~np.isnan(binned)
+            last = n - 1 - np.argmax(has[:, ::-1], axis=1)
+            for i in np.flatnonzero(has.any(axis=1)).tolist():
+                self.latest_maturity[i] = float(binned[i, last[i]])
         return count
 
     def _parse(self, s: Series) -> tuple[npt.NDArray[np.int64], F64, dict[str, F64]]:

@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import msgpack
 
 from orchard.settings import InfluxSettings
+
+MSGPACK = "application/x-msgpack"
 
 
 class InfluxError(Exception):
@@ -106,6 +109,10 @@ class _Base:
         self._auth: tuple[str, str] | None = None
         if settings.username and settings.password is not None:
             self._auth = (settings.username, settings.password.get_secret_value())
+        self._query_headers = {
+            "Accept": MSGPACK if settings.query_format == "msgpack" else "application/json",
+            "Accept-Encoding": "gzip" if settings.compress_answers else "identity",
+        }
 
     def _write_params(self, precision: str) -> dict[str, str]:
         params = {"db": self.database, "precision": precision}
@@ -120,6 +127,28 @@ class _Base:
         if epoch:
             params["epoch"] = epoch
         return params
+
+    def _headers_for(self, epoch: str | None) -> dict[str, str]:
+        # Without an epoch InfluxDB writes MessagePack times as an extension type; ask for
+        # JSON (RFC 3339 strings) then, as callers expect.
+        if epoch is None:
+            return {**self._query_headers, "Accept": "application/json"}
+        return self._query_headers
+
+    def _answer(self, response: httpx.Response) -> list[list[Series]]:
+        """Results of a /query answer, read by its content type: a server that does not
+        speak MessagePack (some v1-compatible APIs) answers JSON, and that is fine."""
+        self._check(response)
+        if response.headers.get("content-type", "").startswith(MSGPACK):
+            try:
+                payload = msgpack.unpackb(response.content, raw=False)
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise InfluxUnavailable(f"InfluxDB answer unreadable: {exc!r}") from exc
+        else:
+            payload = response.json()
+        if not isinstance(payload, dict):
+            raise InfluxUnavailable(f"InfluxDB answer is not an object: {str(payload)[:100]}")
+        return _parse_results(payload)
 
     @staticmethod
     def _check(response: httpx.Response) -> None:
@@ -178,11 +207,14 @@ class InfluxClient(_Base):
         self, q: str, epoch: str | None = "ms", database: bool = True
     ) -> list[list[Series]]:
         try:
-            response = await self._http.post("/query", data=self._query_params(q, epoch, database))
+            response = await self._http.post(
+                "/query",
+                data=self._query_params(q, epoch, database),
+                headers=self._headers_for(epoch),
+            )
         except httpx.HTTPError as exc:
             raise InfluxUnavailable(f"InfluxDB query failed: {exc!r}") from exc
-        self._check(response)
-        return _parse_results(response.json())
+        return self._answer(response)
 
     async def create_database(self) -> None:
         await self.query(f"CREATE DATABASE {quote_ident(self.database)}", database=False)
@@ -228,11 +260,14 @@ class SyncInfluxClient(_Base):
 
     def query(self, q: str, epoch: str | None = "ms", database: bool = True) -> list[list[Series]]:
         try:
-            response = self._http.post("/query", data=self._query_params(q, epoch, database))
+            response = self._http.post(
+                "/query",
+                data=self._query_params(q, epoch, database),
+                headers=self._headers_for(epoch),
+            )
         except httpx.HTTPError as exc:
             raise InfluxUnavailable(f"InfluxDB query failed: {exc!r}") from exc
-        self._check(response)
-        return _parse_results(response.json())
+        return self._answer(response)
 
     def query_one(self, q: str, epoch: str | None = "ms") -> list[Series]:
         """Series of a single-statement query."""

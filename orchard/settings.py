@@ -8,6 +8,7 @@ environment (compose reads them from ``.env``), never from committed files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,16 @@ class InfluxSettings(BaseModel):
     )
     timeout_s: float = Field(default=10.0, gt=0)
     retention_policy: str | None = None
+    query_format: Literal["msgpack", "json"] = Field(
+        default="msgpack",
+        description="Answer format asked of /query: MessagePack is cheaper for the server to "
+        "write and for us to read; a server answering JSON instead is read as JSON",
+    )
+    compress_answers: bool = Field(
+        default=False,
+        description="Ask for gzip-compressed query answers: worth it over a slow link only; "
+        "on one host it costs the server more time than it saves",
+    )
 
 
 class OrchardSettings(BaseSettings):

@@ -210,3 +210,65 @@ async def test_window_fetches_only_new_bins_and_a_reload_sees_late_readings(
         assert math.isinf(float(grid.prior_age_s[0])) is False
     finally:
         await client.aclose()
+
+
+async def test_maturity_read_in_its_own_statement_reaches_block_state(
+    stack: LiveStack, influx_db: InfluxSettings, influx: SyncInfluxClient, tmp_path: Path
+) -> None:
+    """A minute's query leaves maturity out (it costs a cursor per node); its own statement
+    every MATURITY_EVERY_S still brings a new reading to the block's maturity."""
+    from control.window import MATURITY_EVERY_S
+
+    farm = f"farm-{uuid.uuid4().hex[:6]}"
+    orchard = small_orchard(nodes=3, farm=farm)
+    block = orchard.blocks[0]
+    write_readings(influx, block, 60, soil=lambda m: 0.25, farm=farm)
+    state_url = f"sqlite:///{tmp_path}/state.db"
+    clock = FixedClock(T0 + timedelta(minutes=10, seconds=30))
+    service = ControlService(
+        ControlSettings(
+            demo=True,
+            influx=influx_db,
+            mqtt=stack.mqtt("orchard-control"),
+            state_url=state_url,
+            control_irrigate=False,
+        ),
+        orchard=orchard,
+        engine=open_store(state_url),
+        clock=clock,
+    )
+    service.evaluators = []
+
+    def latest_maturity() -> float | None:
+        rows = influx.query_one(
+            f"SELECT last(maturity) AS m FROM block_state WHERE farm = '{farm}'"
+        )
+        return rows[0].rows()[0]["m"] if rows else None
+
+    try:
+        await service.tick()
+        await service.flush_lines()
+        assert latest_maturity() is None
+        # Every node reads maturity once, at minute 12 (after the first load).
+        influx.write(
+            [
+                encode_point(
+                    "telemetry",
+                    {"farm": farm, "block": block.id, "node": node},
+                    {"maturity": value},
+                    to_ns(T0 + timedelta(minutes=12, seconds=5)),
+                )
+                for node, value in zip(block.sensor_nodes, (2.0, 3.0, 4.0), strict=True)
+            ]
+        )
+        seen_at = None
+        for minute in range(11, 11 + int(MATURITY_EVERY_S // 60) + 3):
+            clock.set(T0 + timedelta(minutes=minute, seconds=30))
+            await service.tick()
+            await service.flush_lines()
+            if seen_at is None and latest_maturity() is not None:
+                seen_at = minute
+        assert latest_maturity() == pytest.approx(3.0)
+        assert seen_at is not None and seen_at <= 12 + MATURITY_EVERY_S / 60 + 1
+    finally:
+        await service.influx.aclose()

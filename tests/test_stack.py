@@ -30,6 +30,53 @@ def test_influx_write_and_query_round_trip(influx: SyncInfluxClient) -> None:
     assert row["count"] == 2 and row["mean"] == pytest.approx(21.0)
 
 
+async def test_msgpack_and_json_answers_read_the_same(
+    influx: SyncInfluxClient, influx_db: InfluxSettings
+) -> None:
+    """Queries ask for MessagePack (cheaper to write and read); JSON, what a server without
+    it answers, reads the same, and an answer without an epoch stays JSON (RFC 3339 times)."""
+    import httpx
+
+    from orchard.influx import InfluxClient
+
+    influx.write(
+        [
+            "telemetry,farm=f,block=b,node=n1 temperature=20.5,seq=1i 1780288200000000000",
+            "telemetry,farm=f,block=b,node=n2 soil_moisture=0.25,battery=3.9 1780288260000000000",
+            "telemetry,farm=f,block=b,node=n2 soil_moisture=0.26,battery=3.9 1780288320000000000",
+        ]
+    )
+    q = 'SELECT "node", "temperature", "soil_moisture", "seq" FROM telemetry WHERE farm = \'f\''
+    answers = {}
+    for fmt in ("msgpack", "json"):
+        settings = influx_db.model_copy(update={"query_format": fmt})
+        with SyncInfluxClient(settings) as sync:
+            answers[fmt, "sync"] = sync.query(q + "; SHOW TAG VALUES WITH KEY = node", epoch="ms")
+            answers[fmt, "rfc3339"] = sync.query_one(q, epoch=None)
+        client = InfluxClient(settings)
+        try:
+            answers[fmt, "async"] = await client.query(q, epoch="ms")
+        finally:
+            await client.aclose()
+    reference = answers["json", "sync"]
+    assert reference[0][0].values == [
+        [1780288200000, "n1", 20.5, None, 1],
+        [1780288260000, "n2", None, 0.25, None],
+        [1780288320000, "n2", None, 0.26, None],
+    ]
+    assert answers["msgpack", "sync"] == reference
+    assert answers["msgpack", "async"] == answers["json", "async"] == reference[:1]
+    assert answers["msgpack", "rfc3339"] == answers["json", "rfc3339"]
+    assert answers["json", "rfc3339"][0].values[0][0] == "2026-06-01T04:30:00Z"
+    # The server really answered MessagePack when asked.
+    response = httpx.post(
+        f"{influx_db.url}/query",
+        data={"q": q, "db": influx_db.database, "epoch": "ms"},
+        headers={"Accept": "application/x-msgpack"},
+    )
+    assert response.headers["content-type"].startswith("application/x-msgpack")
+
+
 def test_influx_errors_are_classified(influx: SyncInfluxClient, influx_db: InfluxSettings) -> None:
     with pytest.raises(InfluxRejected):
         influx.write("this is not line protocol")
