@@ -359,6 +359,17 @@ class Alarms:
             ).first()
         return None if row is None else _row_to_alarm(row)
 
+    def active_counts(self, *, farm: str | None = None) -> dict[str, int]:
+        """Number of active alarms per block (one grouped query, no rows materialised)."""
+        query = sa.select(alarm.c.block, sa.func.count()).where(
+            alarm.c.state.in_(ALARM_ACTIVE_STATES), alarm.c.block.is_not(None)
+        )
+        if farm is not None:
+            query = query.where(alarm.c.farm == farm)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.group_by(alarm.c.block)).all()
+        return {str(r[0]): int(r[1]) for r in rows}
+
     def active(self, *, block: str | None = None, farm: str | None = None) -> list[Alarm]:
         return self.list(state="active", block=block, farm=farm, limit=100_000)
 
