@@ -537,6 +537,20 @@ class AlarmRule:
             raise ValueError(f"{self.type}: clear_at must be below raise_at for an 'above' alarm")
 
 
+def cummax_rows(a: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Running maximum along the last axis of a 2-D array. numpy's accumulate along rows
+    is slow for many rows (one inner loop per row): a few columns are done one by one,
+    many through the transpose, where the inner loop runs across rows."""
+    if a.ndim != 2:
+        return np.maximum.accumulate(a, axis=-1)
+    if a.shape[1] <= 16:
+        out = a.copy()
+        for j in range(1, a.shape[1]):
+            np.maximum(out[:, j - 1], out[:, j], out=out[:, j])
+        return out
+    return np.ascontiguousarray(np.maximum.accumulate(a.T, axis=0).T)
+
+
 def run_length_s(
     condition: npt.NDArray[np.bool_], times_s: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
@@ -552,7 +566,7 @@ def run_length_s(
     idx = np.broadcast_to(np.arange(n), condition.shape)
     # Index of the last False at or before each sample; the run started just after it.
     last_false = np.where(condition, -1, idx)
-    last_false = np.maximum.accumulate(last_false, axis=-1)
+    last_false = cummax_rows(last_false)
     start = np.clip(last_false + 1, 0, n - 1)
     # A run that begins at the first sample of the window may have started earlier than we
     # can see; it counts only from the window start, which is the conservative reading.
@@ -576,7 +590,7 @@ def carried_run(
     if n == 0:
         return np.zeros(condition.shape), began_s.copy()
     idx = np.broadcast_to(np.arange(n), condition.shape)
-    last_false = np.maximum.accumulate(np.where(condition, -1, idx), axis=-1)
+    last_false = cummax_rows(np.where(condition, -1, idx))
     began = t[np.clip(last_false + 1, 0, n - 1)]
     carried = (last_false < 0) & ~np.isnan(began_s)[:, None]
     began = np.where(carried, began_s[:, None], began)

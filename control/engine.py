@@ -37,6 +37,7 @@ from control.alarms import (
     RunStarts,
     Severity,
     carried_run,
+    cummax_rows,
     rule_transitions,
     threshold_mask,
 )
@@ -292,7 +293,7 @@ def _previous_valid(x: F64) -> tuple[npt.NDArray[np.int64], B8]:
     """Index of the previous valid (non-NaN) sample of each sample in its row (-1: none)."""
     valid = ~np.isnan(x)
     idx = np.where(valid, np.arange(x.shape[1]), -1)
-    last = np.maximum.accumulate(idx, axis=1)
+    last = cummax_rows(idx)
     prev = np.concatenate([np.full((x.shape[0], 1), -1), last[:, :-1]], axis=1)
     return prev, valid
 
@@ -302,26 +303,26 @@ def _with_prior(prior: Sequence[F64], x: F64) -> F64:
     return np.concatenate([np.stack(prior, axis=1), x], axis=1) if prior else x
 
 
-def _stuck(name: str, x: F64, times: F64, carry: Carry) -> B8:
+def _stuck(x: F64, eps: F64, times: F64, last_raw: F64, same_since: F64) -> tuple[B8, F64, F64]:
     """True where the value has not changed (beyond eps) for STUCK_AFTER_S; gaps neither
-    break nor extend a run."""
-    last_raw = carry.node_array(carry.last_raw, name)
+    break nor extend a run. Returns the mask and the carried last value and run start."""
     xx = _with_prior([last_raw], x)
     prev, valid = _previous_valid(xx)
     prev_val = np.take_along_axis(xx, np.clip(prev, 0, None), axis=1)
     with np.errstate(invalid="ignore"):
-        same = valid & (prev >= 0) & (np.abs(xx - prev_val) <= STUCK_EPS[name])
+        same = valid & (prev >= 0) & (np.abs(xx - prev_val) <= eps)
     same_or_gap = (same | ~valid)[:, 1:]
-    run, carry.same_since[name] = carried_run(
-        same_or_gap, times, carry.node_array(carry.same_since, name)
-    )
-    last = np.maximum.accumulate(np.where(valid, np.arange(xx.shape[1]), -1), axis=1)[:, -1]
-    carry.last_raw[name] = np.where(last >= 0, xx[np.arange(xx.shape[0]), last], np.nan)
-    return np.asarray(valid[:, 1:] & (run >= STUCK_AFTER_S))
+    run, same_since = carried_run(same_or_gap, times, same_since)
+    last = cummax_rows(np.where(valid, np.arange(xx.shape[1]), -1))[:, -1]
+    last_raw = np.where(last >= 0, xx[np.arange(xx.shape[0]), last], np.nan)
+    return np.asarray(valid[:, 1:] & (run >= STUCK_AFTER_S)), last_raw, same_since
 
 
-def _spikes(name: str, x: F64, times: F64, carry: Carry) -> tuple[B8, B8]:
-    """(suspect, spiky) for plausible samples ``x`` (NaN elsewhere).
+def _spikes(
+    x: F64, limit: F64, times: F64, before_last: F64, last_ok: F64, spike_times: F64
+) -> tuple[B8, B8, F64, F64, F64]:
+    """(suspect, spiky, carried before_last, last_ok, spike_times) for plausible samples
+    ``x`` (NaN elsewhere), ``limit`` per row.
 
     Causal, so a bin is judged once: a sample that jumps more than SPIKE_LIMIT from the
     previous one is *suspect* and kept out of decisions until the next sample tells. If
@@ -330,10 +331,7 @@ def _spikes(name: str, x: F64, times: F64, carry: Carry) -> tuple[B8, B8]:
     series goes on from it. Three spikes within SPIKE_ALARM_WINDOW_S make the sensor
     *spiky* (faulty) until they age out.
     """
-    limit = SPIKE_LIMIT[name]
-    xx = _with_prior(
-        [carry.node_array(carry.before_last, name), carry.node_array(carry.last_ok, name)], x
-    )
+    xx = _with_prior([before_last, last_ok], x)
     prev, valid = _previous_valid(xx)
     prev2 = np.take_along_axis(
         np.concatenate([np.full((xx.shape[0], 1), -1), prev], axis=1), prev + 1, axis=1
@@ -351,34 +349,28 @@ def _spikes(name: str, x: F64, times: F64, carry: Carry) -> tuple[B8, B8]:
     suspect, came_back = suspect[:, 2:], came_back[:, 2:]
     n = xx.shape[0]
     rows = np.arange(n)
-    last = np.maximum.accumulate(np.where(valid, np.arange(xx.shape[1]), -1), axis=1)[:, -1]
+    last = cummax_rows(np.where(valid, np.arange(xx.shape[1]), -1))[:, -1]
     before = np.take_along_axis(prev, np.clip(last, 0, None)[:, None], axis=1)[:, 0]
-    carry.last_ok[name] = np.where(last >= 0, xx[rows, np.clip(last, 0, None)], np.nan)
-    carry.before_last[name] = np.where(
-        (last >= 0) & (before >= 0), xx[rows, np.clip(before, 0, None)], np.nan
-    )
+    last_ok = np.where(last >= 0, xx[rows, np.clip(last, 0, None)], np.nan)
+    before_last = np.where((last >= 0) & (before >= 0), xx[rows, np.clip(before, 0, None)], np.nan)
     # Spikes within the window before each sample: this piece's (cumulative sum) plus the
     # last SPIKES_FOR_ALARM carried from earlier pieces.
-    carried = carry.spike_times.get(name)
-    if carried is None:
-        carried = np.full((n, SPIKES_FOR_ALARM), np.nan)
     csum = np.cumsum(came_back, axis=1)
     start = np.searchsorted(times, times - SPIKE_ALARM_WINDOW_S, side="left")
     earlier = np.where(start > 0, csum[:, np.maximum(start - 1, 0)], 0)
     with np.errstate(invalid="ignore"):
-        from_carried = (carried[:, :, None] >= (times - SPIKE_ALARM_WINDOW_S)[None, None, :]).sum(
-            axis=1
-        )
+        from_carried = (
+            spike_times[:, :, None] >= (times - SPIKE_ALARM_WINDOW_S)[None, None, :]
+        ).sum(axis=1)
     spiky = (csum - earlier + from_carried) >= SPIKES_FOR_ALARM
     hit = np.flatnonzero(came_back.any(axis=1))
     if hit.size:
         event_s = np.where(came_back[hit], times[None, :], -np.inf)
-        both = np.concatenate([np.nan_to_num(carried[hit], nan=-np.inf), event_s], axis=1)
+        both = np.concatenate([np.nan_to_num(spike_times[hit], nan=-np.inf), event_s], axis=1)
         latest = np.sort(both, axis=1)[:, -SPIKES_FOR_ALARM:]
-        carried = carried.copy()
-        carried[hit] = np.where(np.isinf(latest), np.nan, latest)
-    carry.spike_times[name] = carried
-    return np.asarray(suspect), np.asarray(spiky)
+        spike_times = spike_times.copy()
+        spike_times[hit] = np.where(np.isinf(latest), np.nan, latest)
+    return np.asarray(suspect), np.asarray(spiky), before_last, last_ok, spike_times
 
 
 def nanmedian0(x: F64) -> F64:
@@ -404,20 +396,55 @@ class Health:
 
 
 def node_health(grid: Grid, carry: Carry) -> Health:
+    """Every sensor field of every node in one pass: the fields are stacked (field-major,
+    rows ``k * nodes + node``) so each step is one numpy call, not one per field."""
     times = grid.times_s
-    oor: dict[str, B8] = {}
-    stuck: dict[str, B8] = {}
-    spike: dict[str, B8] = {}
-    spiky: dict[str, B8] = {}
-    faulty: dict[str, B8] = {}
-    for name, (lo, hi) in PLAUSIBLE.items():
-        x = grid.field(name)
-        with np.errstate(invalid="ignore"):
-            oor[name] = np.asarray((x < lo) | (x > hi))
-        stuck[name] = _stuck(name, x, times, carry)
-        spike[name], spiky[name] = _spikes(name, np.where(oor[name], np.nan, x), times, carry)
-        faulty[name] = oor[name] | stuck[name] | spike[name] | spiky[name]
-    return Health(oor, stuck, spike, spiky, faulty)
+    names = tuple(PLAUSIBLE)
+    n = grid.n_nodes
+
+    def per_row(values: dict[str, float]) -> F64:
+        return np.repeat([values[f] for f in names], n)[:, None].astype(np.float64)
+
+    def stacked(store: dict[str, F64]) -> F64:
+        return np.concatenate([carry.node_array(store, f) for f in names])
+
+    def unstack(store: dict[str, F64], values: F64) -> None:
+        for k, f in enumerate(names):
+            store[f] = values[k * n : (k + 1) * n]
+
+    x = np.concatenate([grid.field(f) for f in names])
+    with np.errstate(invalid="ignore"):
+        oor = (x < per_row({f: lo for f, (lo, _) in PLAUSIBLE.items()})) | (
+            x > per_row({f: hi for f, (_, hi) in PLAUSIBLE.items()})
+        )
+    stuck, last_raw, same_since = _stuck(
+        x, per_row(STUCK_EPS), times, stacked(carry.last_raw), stacked(carry.same_since)
+    )
+    spike_times = np.concatenate(
+        [carry.spike_times.get(f, np.full((n, SPIKES_FOR_ALARM), np.nan)) for f in names]
+    )
+    spike, spiky, before_last, last_ok, spike_times = _spikes(
+        np.where(oor, np.nan, x),
+        per_row(SPIKE_LIMIT),
+        times,
+        stacked(carry.before_last),
+        stacked(carry.last_ok),
+        spike_times,
+    )
+    for store, values in (
+        (carry.last_raw, last_raw),
+        (carry.same_since, same_since),
+        (carry.before_last, before_last),
+        (carry.last_ok, last_ok),
+        (carry.spike_times, spike_times),
+    ):
+        unstack(store, values)
+    faulty = oor | stuck | spike | spiky
+
+    def split(mask: B8) -> dict[str, B8]:
+        return {f: mask[k * n : (k + 1) * n] for k, f in enumerate(names)}
+
+    return Health(split(oor), split(stuck), split(spike), split(spiky), split(faulty))
 
 
 # --- block aggregates -------------------------------------------------------------------------
@@ -491,7 +518,7 @@ def hold_forward(
     if x.shape[1] == 0:
         return x, held, held_s
     valid = ~np.isnan(x)
-    last = np.maximum.accumulate(np.where(valid, np.arange(x.shape[1]), -1), axis=1)
+    last = cummax_rows(np.where(valid, np.arange(x.shape[1]), -1))
     value = np.take_along_axis(x, np.clip(last, 0, None), axis=1)
     value_s = times[np.clip(last, 0, None)]
     value = np.where(last >= 0, value, held[:, None])
@@ -624,7 +651,7 @@ def evaluate(
     for name in FIELDS:
         present |= ~np.isnan(grid.field(name))
     idx = np.where(present, np.arange(grid.n_times), -1)
-    last = np.maximum.accumulate(idx, axis=1)
+    last = cummax_rows(idx)
     seen_s = np.where(last >= 0, times[np.clip(last, 0, None)], carry.last_seen_s[:, None])
     age = times[None, :] - seen_s
     if grid.n_times:

@@ -97,6 +97,13 @@ class ControlSettings(OrchardSettings):
         default=8.0, gt=0, description="History loaded before the new readings (durations, stuck)"
     )
     control_max_catchup_h: float = Field(default=72.0, gt=0)
+    control_query_parts: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Concurrent statements a steady tick splits its query into, by blocks "
+        "(2 on a large farm with InfluxDB on two or more cores)",
+    )
     control_settle_s: float = Field(
         default=15.0,
         ge=0,
@@ -208,6 +215,7 @@ class ControlService:
             self.farm,
             self.orchard.blocks,
             settings.control_step_s,
+            query_parts=settings.control_query_parts,
         )
         # The engine's state between ticks, and the thresholds it was built with: None until
         # the first tick, and again after a failure or a change of thresholds (rebuilt from

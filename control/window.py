@@ -23,6 +23,7 @@ prior age and maturity), so the engine is the same code for ticks and replays.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -34,7 +35,13 @@ import numpy.typing as npt
 
 from control.data import last_maturity_query, last_seen_query
 from control.engine import F64, FIELDS, Grid
-from orchard.influx import InfluxClient, Series, quote_ident, quote_literal
+from orchard.influx import (
+    InfluxClient,
+    Series,
+    quote_ident,
+    quote_literal,
+    quote_regex_alternatives,
+)
 from orchard.layout import Block
 from orchard.lineprotocol import to_ns
 
@@ -43,7 +50,13 @@ def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def rows_query(farm: str, start_s: float, end_s: float, fields: Sequence[str] = FIELDS) -> str:
+def rows_query(
+    farm: str,
+    start_s: float,
+    end_s: float,
+    fields: Sequence[str] = FIELDS,
+    blocks: Sequence[str] | None = None,
+) -> str:
     """Every reading of the farm in ``[start_s, end_s)`` as one table (node and block as
     columns). Without ``GROUP BY`` InfluxDB 1.6 answers in about half the time for 10,000
     series (measured: 0.4-0.55 s against 0.8-1.0 s), and numpy bins one table at once."""
@@ -51,7 +64,8 @@ def rows_query(farm: str, start_s: float, end_s: float, fields: Sequence[str] = 
         'SELECT "node", "block", '
         + ", ".join(quote_ident(f) for f in fields)
         + f" FROM telemetry WHERE farm = {quote_literal(farm)}"
-        f" AND time >= {to_ns(_ts(start_s))} AND time < {to_ns(_ts(end_s))}"
+        + (f" AND block =~ {quote_regex_alternatives(blocks)}" if blocks else "")
+        + f" AND time >= {to_ns(_ts(start_s))} AND time < {to_ns(_ts(end_s))}"
     )
 
 
@@ -83,6 +97,7 @@ class RollingWindow:
         step_s: float,
         *,
         slack_bins: int = 240,
+        query_parts: int = 1,
     ) -> None:
         self.farm = farm
         self.blocks = list(blocks)
@@ -96,6 +111,18 @@ class RollingWindow:
                 self.nodes.append(n)
                 node_block.append(self._block_index[b.id])
         self.node_index = {n: i for i, n in enumerate(self.nodes)}
+        # A steady tick may ask in ``query_parts`` concurrent statements, each for a group
+        # of blocks with about the same number of nodes: InfluxDB 1.x plans one cursor per
+        # series and field, and two statements plan on two cores at once.
+        self._parts: list[list[str]] = []
+        if query_parts > 1 and len(self.blocks) > 1:
+            groups: list[list[str]] = [[] for _ in range(min(query_parts, len(self.blocks)))]
+            sizes = [0] * len(groups)
+            for b in sorted(self.blocks, key=lambda b: -len(b.sensor_nodes)):
+                k = sizes.index(min(sizes))
+                groups[k].append(b.id)
+                sizes[k] += len(b.sensor_nodes)
+            self._parts = groups
         self.node_block = np.array(node_block, dtype=np.int64)
         self._slack = max(1, slack_bins)
         self._cap = 0
@@ -146,9 +173,20 @@ class RollingWindow:
                 maturity_from = max(maturity_from, start_s)
                 q += "; " + rows_query(self.farm, maturity_from, end_s, ("maturity",))
         t0 = time.perf_counter()
-        results = await client.query(q, epoch="ms")
+        if reset or not self._parts:
+            results = await client.query(q, epoch="ms")
+            series = results[0] if results else []
+        else:
+            queries = [
+                rows_query(self.farm, fetch_from, end_s, MINUTE_FIELDS, part)
+                for part in self._parts
+            ]
+            if with_maturity:
+                queries[0] += "; " + rows_query(self.farm, maturity_from, end_s, ("maturity",))
+            answers = await asyncio.gather(*(client.query(q, epoch="ms") for q in queries))
+            series = [s for answer in answers if answer for s in answer[0]]
+            results = [series, *answers[0][1:]]
         query_s = time.perf_counter() - t0
-        series = results[0] if results else []
         if reset:
             self._reset(start_s, end_s)
             if len(results) > 2:
