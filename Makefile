@@ -19,7 +19,7 @@ test: deps
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy orchard
+	$(VENV)/bin/mypy orchard control ingest api firmware_sim dashboards
 
 bench: deps
 	$(PY) -m orchard bench all

@@ -247,7 +247,7 @@ class Alarms:
                     active_key=key,
                     updated_at=now,
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
             self._event(
                 conn, alarm_id, now, "raised", actor, severity, "active_unack", value, message
             )

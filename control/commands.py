@@ -83,7 +83,7 @@ class Command(BaseModel):
         return ValveCommand(
             command_id=self.command_id,
             valve=self.valve,
-            action=self.action,  # type: ignore[arg-type]
+            action=self.action,
             duration_s=self.duration_s,
             issued_at=self.issued_at,
             expires_at=self.expires_at,
@@ -143,7 +143,7 @@ def queue_command(
     ValveCommand(
         command_id=values["command_id"],
         valve=valve,
-        action=action,  # type: ignore[arg-type]
+        action=action,
         duration_s=int(duration_s),
         issued_at=issued_at,
         expires_at=values["expires_at"],

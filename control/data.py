@@ -151,7 +151,7 @@ def grid_from_series(
             node_block.append(block_index[block])
     values = bin_series(series, node_index, t0, step_s, n_bins, time_unit_s)
     return Grid(
-        times_s=times,
+        times_s=np.asarray(times, dtype=np.float64),
         nodes=nodes,
         node_block=np.array(node_block, dtype=np.int64),
         blocks=block_ids,

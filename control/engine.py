@@ -376,7 +376,7 @@ def _spikes(
 def nanmedian0(x: F64) -> F64:
     """Median along axis 0 ignoring NaN (NaN where all are NaN); faster than np.nanmedian."""
     if x.shape[0] == 1:
-        return x[0].copy()
+        return np.asarray(x[0], dtype=np.float64).copy()
     s = np.sort(x, axis=0)  # NaN sort last
     k = np.sum(~np.isnan(x), axis=0)
     lo = np.clip((k - 1) // 2, 0, None)
@@ -490,7 +490,7 @@ class BlockGroups:
         return np.asarray(np.fmin.reduce(self.gather(x), axis=1), dtype=np.float64)
 
     def count(self, x: F64) -> F64:
-        return np.sum(~np.isnan(self.gather(x)), axis=1).astype(np.float64)
+        return np.asarray(np.sum(~np.isnan(self.gather(x)), axis=1), dtype=np.float64)
 
 
 _groups_cache: dict[tuple[int, bytes], BlockGroups] = {}
@@ -795,7 +795,7 @@ def _block_rules(
     # Durations differ per block: evaluate each distinct duration group separately.
     frost_warn = col("frost_t10") + col("frost_margin_c")
     stages = [t.stage.replace("_", " ") for t in table.thresholds]
-    specs: list[tuple[str, str, F64, str, Any, Any, Any, Severity, Any]] = [
+    specs: list[tuple[str, Literal["above", "below"], F64, str, Any, Any, Any, Severity, Any]] = [
         (
             "frost",
             "below",
@@ -907,7 +907,7 @@ def _block_rules(
                 0.0,
                 0.0,
                 float(duration),
-                CLEAR_AFTER_S,  # type: ignore[arg-type]
+                CLEAR_AFTER_S,
                 severity=severity,
                 escalate_at=None if e_at is None else 0.0,
             )

@@ -392,7 +392,10 @@ class ControlService:
         return state
 
     def _save_state(self, state: EngineState, processed_until: float) -> None:
-        finite = lambda d: {k: v for k, v in d.items() if math.isfinite(v)}  # noqa: E731
+
+        def finite(d: dict[str, float]) -> dict[str, float]:
+            return {k: v for k, v in d.items() if math.isfinite(v)}
+
         kv_set(
             self.engine,
             STATE_SCOPE,
@@ -588,7 +591,7 @@ class ControlService:
                         duration_s=d.duration_s,
                         water_m3=d.water_m3,
                     )
-                ).inserted_primary_key[0]
+                ).inserted_primary_key[0]  # type: ignore[index]
             ids: list[str] = []
             if acted and self.settings.control_irrigate and block.controller and block.valves:
                 for valve in block.valves:

@@ -149,7 +149,7 @@ def enqueue(
                     next_attempt_at=now,
                     created_at=now,
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
         )
 
 
