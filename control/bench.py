@@ -209,11 +209,20 @@ def tick_main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--context-h", type=float, default=8.0, help="ORCHARD_CONTROL_CONTEXT_H")
     parser.add_argument("--ticks", type=int, default=20, help="timed steady-state ticks")
     parser.add_argument("--query-parts", type=int, default=1, help="ORCHARD_CONTROL_QUERY_PARTS")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=1.0,
+        help="seconds between writing a minute and the tick that reads it (live, the tick "
+        "comes ORCHARD_CONTROL_SETTLE_S = 15 s after the minute closed, not at once)",
+    )
     args = parser.parse_args(list(argv))
     return asyncio.run(_tick_bench(args))
 
 
 async def _tick_bench(args: argparse.Namespace) -> int:
+    import asyncio
+
     from control.clock import FixedClock
     from control.service import ControlService, ControlSettings
 
@@ -261,6 +270,7 @@ async def _tick_bench(args: argparse.Namespace) -> int:
                 minute = history_min
                 for i in range(args.ticks + 2):
                     client.write(minute_lines(orchard, minute, t0, rng))
+                    await asyncio.sleep(args.pause)
                     minute += 1
                     clock.set(datetime.fromtimestamp(t0 + minute * 60 + 16, UTC))
                     t = time.perf_counter()

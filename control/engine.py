@@ -2,18 +2,20 @@
 
 Input is a :class:`Grid` of readings, nodes × time bins (NaN where nothing was
 measured), and a :class:`BlockTable` of each block's effective thresholds as arrays.
-:func:`evaluate` walks the window once and returns every alarm transition and
-irrigation decision that falls after ``since_s``, plus the latest block aggregates.
+:func:`evaluate` walks the bins once and returns every alarm transition and irrigation
+decision that falls after ``since_s``, plus the latest block aggregates.
 
-The live control tick calls it on the minutes since its previous tick (with some
-history before, so durations are measured correctly); the backtest calls it on a month
-of stored readings with proposed thresholds. There is no second implementation: what
-a backtest shows is what the loop would have done.
+Each bin is judged once. What a rule needs from earlier bins (run lengths, the last values,
+spike times, held readings, the rain baseline) is carried in a :class:`Carry`, so the
+live tick evaluates only the minute that just closed, the backtest a month in one call,
+and both give the same answers for the same bins (``tests/test_control_pieces.py``).
+There is no second implementation: what a backtest shows is what the loop would have done.
 
 Pipeline of one evaluation:
 
-1. node health: out-of-range values, stuck sensors (no change for hours), spikes
-   (a sample far from both its neighbours) → faulty samples are excluded;
+1. node health: out-of-range values, stuck sensors (no change for hours), spikes (a
+   jump held back until the next sample tells spike from change) → faulty samples are
+   excluded;
 2. block aggregates over healthy nodes: median soil moisture, temperature and RH, the
    coldest healthy temperature (frost is local), VPD from the medians;
 3. alarm rules (:class:`control.alarms.AlarmRule`) with hysteresis and minimum
