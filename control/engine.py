@@ -236,6 +236,7 @@ class Carry:
     soil_history_s: F64 = field(default_factory=lambda: np.zeros(0))
     rain_rising: B8 = field(default_factory=lambda: np.zeros(0, dtype=bool))
     snapshot: dict[str, dict[str, float]] = field(default_factory=dict)
+    _names: tuple[list[str], list[str], dict[str, int]] | None = None
 
     def fit(self, grid: Grid) -> None:
         """Size the arrays for the grid's nodes and blocks; on the first piece, start from
@@ -272,6 +273,16 @@ class Carry:
             self.rain_rising = np.zeros(b, dtype=bool)
             self.block_runs = {}
             self.n_blocks = b
+
+    def names(self, grid: Grid) -> tuple[list[str], dict[str, int]]:
+        """Each node's block id and the node -> row index (kept while the nodes stay)."""
+        if self._names is None or self._names[0] != grid.nodes:
+            self._names = (
+                list(grid.nodes),
+                [grid.blocks[i] for i in grid.node_block.tolist()],
+                {n: i for i, n in enumerate(grid.nodes)},
+            )
+        return self._names[1], self._names[2]
 
     def node_array(self, store: dict[str, F64], key: str) -> F64:
         if key not in store:
@@ -585,9 +596,8 @@ def evaluate(
     health = node_health(grid, carry)
     agg = block_aggregates(grid, health, carry)
     alarms: list[AlarmTransition] = []
-    block_of_node = [grid.blocks[i] for i in grid.node_block.tolist()]
     nodes = grid.nodes
-    node_index = {n: i for i, n in enumerate(nodes)}
+    block_of_node, node_index = carry.names(grid)
 
     def emit(
         rule: AlarmRule,
