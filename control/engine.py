@@ -237,12 +237,14 @@ class Carry:
     rain_rising: B8 = field(default_factory=lambda: np.zeros(0, dtype=bool))
     snapshot: dict[str, dict[str, float]] = field(default_factory=dict)
     _names: tuple[list[str], list[str], dict[str, int]] | None = None
+    _primed: bool = False  # the first piece with bins has set the priors
 
     def fit(self, grid: Grid) -> None:
         """Size the arrays for the grid's nodes and blocks; on the first piece, start from
         what the grid knows of the time before it (last seen, latest maturity)."""
         n, b = grid.n_nodes, len(grid.blocks)
-        if math.isnan(self.last_s) and self.n_nodes == 0:
+        if not self._primed and grid.n_times:
+            self._primed = True
             self.last_seen_s = (
                 grid.times_s[0] - grid.prior_age_s
                 if grid.prior_age_s is not None and grid.n_times
@@ -624,7 +626,9 @@ def evaluate(
                     severity,  # type: ignore[arg-type]
                     None if value != value or abs(value) >= STATUS_OFFLINE_AGE else value,
                     th,
-                    message(s, value, kind),
+                    message(s, i, value, kind)
+                    if getattr(message, "wants_index", False)
+                    else message(s, value, kind),
                 )
             )
 
@@ -641,13 +645,19 @@ def evaluate(
         rule = AlarmRule(fault, "above", 0.5, 0.5, 0.0, FAULT_CLEAR_AFTER_S, severity="minor")
 
         def fault_message(
-            s: int, _v: float, kind: str, words: str = words, masks: dict[str, B8] = masks
+            s: int,
+            i: int,
+            _v: float,
+            kind: str,
+            words: str = words,
+            masks: dict[str, B8] = masks,
         ) -> str:
-            names = [n.replace("_", " ") for n, m in masks.items() if m[s].any()]
+            names = [n.replace("_", " ") for n, m in masks.items() if m[s, i]]
             if kind == "clear":
                 return f"sensor on {nodes[s]} reads normally again"
             return f"{' and '.join(names) or 'a'} sensor on {nodes[s]} {words}; its readings are left out of decisions"
 
+        fault_message.wants_index = True  # type: ignore[attr-defined]
         emit(
             rule,
             indicator,
@@ -669,8 +679,12 @@ def evaluate(
     if grid.n_times:
         carry.last_seen_s = seen_s[:, -1].copy()
     if offline_now and grid.n_times:
-        flagged = np.array([n in offline_now for n in nodes])
-        age[flagged, -1] = STATUS_OFFLINE_AGE
+        # The node's retained status (or Last Will) says offline now: every bin after its
+        # last reading in this piece counts as offline, so a tick of several bins does not
+        # see it back online at its first bin and raise again at its last.
+        flagged = np.flatnonzero(np.array([n in offline_now for n in nodes], dtype=bool))
+        after_last = np.arange(grid.n_times)[None, :] > last[flagged, -1][:, None]
+        age[flagged] = np.where(after_last, STATUS_OFFLINE_AGE, age[flagged])
     offline_limit = table.col("offline_after_min")[grid.node_block] * 60.0
     emit(
         AlarmRule("node_offline", "above", 0.0, 0.0, 0.0, 0.0, severity="major"),

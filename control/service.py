@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
 import logging
 import math
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
+import numpy as np
 import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy.engine import Engine
@@ -43,6 +45,7 @@ from control.engine import (
     Carry,
     EngineResult,
     EngineState,
+    Grid,
     IrrigationDecision,
     evaluate,
 )
@@ -124,6 +127,15 @@ class ControlSettings(OrchardSettings):
         if self.clock_kind == "data" and self.sim_speed > 1:
             return min(self.control_tick_s, max(1.0, 600.0 / self.sim_speed))
         return self.control_tick_s
+
+    @property
+    def settle_s(self) -> float:
+        """How long after a bin closed it is read. In an accelerated demo the data clock
+        runs ahead of ingest's writes by its batching delay (a second of real time is an
+        hour of simulated time), so the settle keeps two real seconds of slack."""
+        if self.clock_kind == "data" and self.sim_speed > 1:
+            return max(self.control_settle_s, self.sim_speed * 2.0)
+        return self.control_settle_s
 
     @property
     def command_ttl_s(self) -> float:
@@ -223,6 +235,7 @@ class ControlService:
         self.carry: Carry | None = None
         self._carry_thresholds: list[dict[str, float]] = []
         self._table: BlockTable | None = None
+        self._table_fingerprint: list[dict[str, float]] = []
         self._pending_lines: list[str] = []
         self._flush_task: asyncio.Task[None] | None = None
         self.last_write_s = 0.0  # the last background write of _pending_lines
@@ -412,12 +425,14 @@ class ControlService:
         self, table: BlockTable, state: EngineState, since: float, offline: set[str]
     ) -> tuple[EngineResult | None, list[str]]:
         """Evaluate the bins after ``since``: only those with the carried state, or the whole
-        window (its history only rebuilding the state) when there is none to continue."""
-        changed = table is not self._table
-        fingerprint = (
-            [t.as_floats() for t in table.thresholds] if changed else self._carry_thresholds
-        )
-        self._table = table
+        window (its history only rebuilding the state) when there is none to continue.
+
+        Each evaluation runs on a copy of ``state`` that is kept only if it succeeds, so a
+        failure half-way leaves no transition recorded as done that was never emitted."""
+        if table is not self._table:
+            self._table = table
+            self._table_fingerprint = [t.as_floats() for t in table.thresholds]
+        fingerprint = self._table_fingerprint
         carry = self.carry
         if carry is None or carry.last_s != since or fingerprint != self._carry_thresholds:
             if carry is not None and fingerprint != self._carry_thresholds:
@@ -426,11 +441,13 @@ class ControlService:
         else:
             grid = self.window.tail(since)
         self.carry = None
+        trial = copy.deepcopy(state)
         try:
-            result = evaluate(grid, table, state, since, carry=carry, offline_now=offline)
+            result = evaluate(grid, table, trial, since, carry=carry, offline_now=offline)
         except Exception:
             log.exception("evaluation of all blocks failed; evaluating blocks one by one")
         else:
+            vars(state).update(vars(trial))
             self.carry, self._carry_thresholds = carry, fingerprint
             return result, []
         # One block at a time over the whole window, without carried state (the next tick
@@ -438,24 +455,23 @@ class ControlService:
         grid = self.window.grid()
         failed: list[str] = []
         merged: EngineResult | None = None
-        from control.engine import Grid
-
         for b, block in enumerate(table.blocks):
-            rows = [i for i, nb in enumerate(grid.node_block.tolist()) if nb == b]
+            rows = np.flatnonzero(grid.node_block == b)
             sub = Grid(
                 times_s=grid.times_s,
-                nodes=[grid.nodes[i] for i in rows],
-                node_block=grid.node_block[rows] * 0,
+                nodes=[grid.nodes[i] for i in rows.tolist()],
+                node_block=np.zeros(rows.size, dtype=np.int64),
                 blocks=[block.id],
                 values={k: v[rows] for k, v in grid.values.items()},
                 prior_age_s=None if grid.prior_age_s is None else grid.prior_age_s[rows],
                 prior_maturity=None if grid.prior_maturity is None else grid.prior_maturity[rows],
             )
+            trial = copy.deepcopy(state)
             try:
                 r = evaluate(
                     sub,
                     BlockTable([block], [table.thresholds[b]], table.farm),
-                    state,
+                    trial,
                     since,
                     offline_now=offline,
                 )
@@ -463,6 +479,7 @@ class ControlService:
                 log.exception("block %s failed to evaluate; skipped this tick", block.id)
                 failed.append(block.id)
                 continue
+            vars(state).update(vars(trial))
             if merged is None:
                 merged = r
             else:
@@ -492,7 +509,7 @@ class ControlService:
         step = self.settings.control_step_s
         # Bins are aligned to the step. A bin is evaluated once, when it has closed and
         # ingest has had time to write its readings (control_settle_s).
-        settled = now.timestamp() - self.settings.control_settle_s
+        settled = now.timestamp() - self.settings.settle_s
         end = datetime.fromtimestamp(math.floor(settled / step) * step, UTC)
         processed = kv_get(self.engine, STATE_SCOPE, "processed_until")
         floor = end - timedelta(hours=self.settings.control_max_catchup_h)

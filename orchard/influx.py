@@ -139,25 +139,38 @@ class _Base:
         """Results of a /query answer, read by its content type: a server that does not
         speak MessagePack (some v1-compatible APIs) answers JSON, and that is fine."""
         self._check(response)
-        if response.headers.get("content-type", "").startswith(MSGPACK):
-            try:
-                payload = msgpack.unpackb(response.content, raw=False)
-            except (ValueError, msgpack.UnpackException) as exc:
-                raise InfluxUnavailable(f"InfluxDB answer unreadable: {exc!r}") from exc
-        else:
-            payload = response.json()
+        try:
+            payload = _decode(response)
+        except ValueError as exc:
+            raise InfluxUnavailable(f"InfluxDB answer unreadable: {exc!r}") from exc
         if not isinstance(payload, dict):
             raise InfluxUnavailable(f"InfluxDB answer is not an object: {str(payload)[:100]}")
         return _parse_results(payload)
 
     @staticmethod
     def _check(response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            body = _decode(response)
+            detail = str(body.get("error", body)) if isinstance(body, dict) else str(body)
+        except ValueError:
+            detail = response.text
+        message = f"InfluxDB {response.status_code}: {detail[:300]}"
         if response.status_code >= 500:
-            raise InfluxUnavailable(f"InfluxDB {response.status_code}: {response.text[:300]}")
-        if response.status_code >= 400:
-            raise InfluxRejected(
-                f"InfluxDB {response.status_code}: {response.text[:300]}", response.status_code
-            )
+            raise InfluxUnavailable(message)
+        raise InfluxRejected(message, response.status_code)
+
+
+def _decode(response: httpx.Response) -> Any:
+    """The body of an answer by its content type (MessagePack or JSON); ValueError if it
+    is neither (a proxy's HTML page, a truncated body)."""
+    if response.headers.get("content-type", "").startswith(MSGPACK):
+        try:
+            return msgpack.unpackb(response.content, raw=False)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise ValueError(str(exc)) from exc
+    return response.json()
 
 
 def _body(lines: bytes | str | Sequence[str]) -> bytes:

@@ -76,6 +76,7 @@ def _grid(blocks: list[Block], seed: int = 11) -> Grid:
     for arr in (temp, hum, soil, battery):
         arr[np.ix_(b3_nodes, (minute >= 400) & (minute < 700))] = np.nan
     soil[b3_nodes[0], 1000:1100] = 0.9
+    temp[b3_nodes[0], 1400:1460] = 70.0  # a second field of the same node, later
     # Readings every few minutes, not every bin, on some nodes (gaps the hold covers).
     sparse = np.ones((n, n_t), dtype=bool)
     sparse[::2, 1::3] = False
@@ -125,7 +126,7 @@ def _keys(results: list[EngineResult]) -> tuple[list, list, list]:
     return alarms, decisions, rains
 
 
-@pytest.mark.parametrize("pieces", ["random", "warm-up then bins"])
+@pytest.mark.parametrize("pieces", ["random", "warm-up then bins", "empty first piece"])
 def test_pieces_decide_exactly_as_one_evaluation(pieces: str) -> None:
     blocks = _blocks()
     table = BlockTable(blocks, [_effective(b, DAY, []) for b in blocks], "f")
@@ -137,8 +138,10 @@ def test_pieces_decide_exactly_as_one_evaluation(pieces: str) -> None:
     rng = np.random.default_rng(5)
     if pieces == "random":
         edges = sorted({0, n_t, *rng.integers(1, n_t, 60).tolist()})
-    else:
+    elif pieces == "warm-up then bins":
         edges = [0, 1200, *range(1201, n_t + 1)]
+    else:
+        edges = [0, 0, 5, 5, *range(60, n_t, 97), n_t]
     state, carry = EngineState(), Carry()
     results = [
         evaluate(_slice(grid, a, b), table, state, float("-inf"), carry=carry)
@@ -192,3 +195,24 @@ def test_warm_up_emits_nothing_before_since_and_the_same_after() -> None:
     rest = evaluate(_slice(grid, cut, grid.n_times), table, state, since, carry=carry)
     after = [a for a in _keys([whole])[0] if a[0] > since]
     assert _keys([rest])[0] == after
+
+
+def test_a_node_whose_status_says_offline_is_raised_once_across_pieces() -> None:
+    """The retained status (Last Will) says offline: bins after its last reading count as
+    offline in every piece, so ticks of several bins do not clear and raise it again."""
+    blocks = _blocks()
+    table = BlockTable(blocks, [_effective(b, DAY, []) for b in blocks], "f")
+    grid = _slice(_grid(blocks), 0, 120)
+    node = grid.nodes[1]
+    for values in grid.values.values():
+        values[1, 30:] = np.nan
+    state, carry = EngineState(), Carry()
+    transitions = [
+        (a.t_s, a.kind)
+        for a_, b_ in itertools.pairwise(range(0, 121, 10))
+        for a in evaluate(
+            _slice(grid, a_, b_), table, state, float("-inf"), carry=carry, offline_now={node}
+        ).alarms
+        if a.subject == node and a.type == "node_offline"
+    ]
+    assert transitions == [(float(grid.times_s[30]), "raise")]

@@ -266,6 +266,62 @@ async def test_watered_block_recovers_and_its_dry_alarm_clears(
         await service.influx.aclose()
 
 
+async def test_a_block_failing_half_way_loses_no_alarm_of_the_others(
+    stack: LiveStack,
+    influx_db: InfluxSettings,
+    influx: SyncInfluxClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """b2 fails in its irrigation step, after the alarm rules ran for every block: the frost
+    alarms of the pass that failed must still be raised by the block-by-block retry."""
+    import control.engine as engine_module
+    from orchard.layout import Orchard
+
+    farm = f"farm-{uuid.uuid4().hex[:6]}"
+    one = small_orchard(farm=farm, controller=False).blocks[0]
+    two = one.model_copy(update={"id": "b2"})
+    orchard = Orchard(farm=small_orchard(farm=farm).farm, blocks=[one, two])
+
+    def temperature(m: float) -> float:
+        return 12.0 + 0.01 * (m % 13) if m < 100 else (5.0 if m == 100 else -2.0)
+
+    for block in orchard.blocks:
+        write_readings(
+            influx,
+            block,
+            180,
+            soil=lambda m: 0.15 + 0.0005 * (m % 3),
+            temperature=temperature,
+            farm=farm,
+        )
+    real_decide = engine_module._decide
+
+    def broken(block, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if block.id == "b2":
+            raise ZeroDivisionError("a corrupt profile in b2")
+        return real_decide(block, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "_decide", broken)
+    store = open_store(f"sqlite:///{tmp_path}/state.db")
+    service = ControlService(
+        _settings(stack, influx_db, f"sqlite:///{tmp_path}/state.db"),
+        orchard=orchard,
+        engine=store,
+        clock=FixedClock(T0 + timedelta(minutes=170)),
+    )
+    service.evaluators = []
+    try:
+        # The first tick evaluates only the last bins; the frost started an hour earlier
+        # and is raised there (its minimum duration has long passed).
+        report = await service.tick()
+    finally:
+        await service.influx.aclose()
+    assert report.failed_blocks == ["b2"]
+    assert Alarms(store).get_active("frost", "b1") is not None
+    assert {d.block for d in report.decisions} == {"b1"}
+
+
 async def test_a_failing_block_does_not_stop_the_others(
     stack: LiveStack,
     influx_db: InfluxSettings,

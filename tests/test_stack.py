@@ -80,6 +80,9 @@ async def test_msgpack_and_json_answers_read_the_same(
 def test_influx_errors_are_classified(influx: SyncInfluxClient, influx_db: InfluxSettings) -> None:
     with pytest.raises(InfluxRejected):
         influx.write("this is not line protocol")
+    # A refused query reads as words, whatever format the server answered in.
+    with pytest.raises(InfluxRejected, match="error parsing query"):
+        influx.query("SELEC nonsense")
     dead = SyncInfluxClient(InfluxSettings(url="http://127.0.0.1:9", database="x", timeout_s=1))
     with pytest.raises(InfluxUnavailable):
         dead.write("m f=1")
