@@ -264,6 +264,7 @@ async def _tick_bench(args: argparse.Namespace) -> int:
                 clock=clock,
             )
             service.evaluators = []  # harvest readiness has its own benchmark
+            service.background_writes = True  # as in run()
             try:
                 t = time.perf_counter()
                 first = await service.tick()

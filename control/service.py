@@ -112,6 +112,12 @@ class ControlSettings(OrchardSettings):
         ge=0,
         description="A bin is evaluated this long after it closed (ingest's write delay)",
     )
+    control_hold_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="While ingest lags (nothing stored after a bin yet), wait up to this long "
+        "before evaluating the bin anyway (a whole farm falling silent must still alarm)",
+    )
     control_irrigate: bool = Field(
         default=True, description="Send valve commands (else advise only)"
     )
@@ -179,6 +185,7 @@ class TickReport:
     fetch_s: float = 0.0  # query + merging the rows into the rolling window
     evaluate_s: float = 0.0  # the engine
     full_fetch: bool = False  # the whole window was (re)loaded this tick
+    held_back: bool = False  # the newest bins wait for ingest (nothing stored after them)
 
 
 def default_evaluators(settings: ControlSettings | None = None) -> list[Evaluator]:
@@ -238,6 +245,9 @@ class ControlService:
         self._table_fingerprint: list[dict[str, float]] = []
         self._pending_lines: list[str] = []
         self._flush_task: asyncio.Task[None] | None = None
+        # run() writes the dashboards' copy in the background; a caller driving tick()
+        # itself (tests, --once) gets the points written before tick() returns.
+        self.background_writes = False
         self.last_write_s = 0.0  # the last background write of _pending_lines
 
     # --- clock ---------------------------------------------------------------------------
@@ -305,10 +315,12 @@ class ControlService:
             await self._flush_task
         await self._write_pending()
 
-    def _flush_in_background(self) -> None:
-        """Hand the pending points to a background write: the tick's decisions are in the
-        store already, and the dashboards' copy need not hold up the next bin."""
-        if self._pending_lines and (self._flush_task is None or self._flush_task.done()):
+    async def _flush_after_tick(self) -> None:
+        """Hand the pending points to a background write (in run()): the tick's decisions
+        are in the store already, and the dashboards' copy need not hold up the next bin."""
+        if not self.background_writes:
+            await self.flush_lines()
+        elif self._pending_lines and (self._flush_task is None or self._flush_task.done()):
             self._flush_task = asyncio.create_task(self._write_pending(), name="influx-mirror")
 
     async def _write_pending(self) -> None:
@@ -520,11 +532,28 @@ class ControlService:
         raw_start = (since - timedelta(hours=self.settings.control_context_h)).timestamp()
         start = datetime.fromtimestamp(math.floor(raw_start / step) * step, UTC)
         result: EngineResult | None = None
+        grid: Grid | None = None
+        loop = asyncio.get_running_loop()
         # The newest bin evaluated is end - step: nothing new until a further bin closes.
         if end > start and end - timedelta(seconds=step) > since:
-            loop = asyncio.get_running_loop()
             t0 = loop.time()
             grid = await self.window.update(self.influx, start.timestamp(), end.timestamp())
+            # Bins up to the one holding the newest stored reading have been written (the
+            # settle covers the rest of that minute). While ingest lags behind them (InfluxDB
+            # back after an outage, a broker backlog) the newest bins wait, for at most
+            # control_hold_s, rather than be judged empty.
+            newest = self.window.newest_s
+            written = (
+                math.floor(newest / step) * step + step if math.isfinite(newest) else -math.inf
+            )
+            ready = max(
+                end.timestamp() - self.settings.control_hold_s,
+                written,
+                since.timestamp() + step,  # a bin judged stays judged
+            )
+            if ready < end.timestamp():
+                self.window.hold_back(ready)
+                grid = self.window.grid()
             report.fetch_s = loop.time() - t0
             report.query_s = self.window.stats.query_s
             report.full_fetch = self.window.stats.full
@@ -537,6 +566,8 @@ class ControlService:
                 self.carry.fit(grid)
                 for row, value in self.window.latest_maturity.items():
                     self.carry.maturity[row] = value
+            report.held_back = ready < end.timestamp()
+        if grid is not None and grid.n_times and grid.times_s[-1] > since.timestamp():
             t1 = loop.time()
             state = self._engine_state(now)
             offline = {n for n, up in self.link.presence.items() if up is False}
@@ -551,10 +582,10 @@ class ControlService:
                 self._block_state(result, thresholds, now)
                 self._save_state(state, float(grid.times_s[-1]))
         self._mirror_alarm_events()
-        self._flush_in_background()
+        await self._flush_after_tick()
         await self._daily(now, thresholds)
         await self._run_evaluators(now, thresholds, result)
-        self._flush_in_background()
+        await self._flush_after_tick()
         return report
 
     def _apply_alarms(self, transitions: list[AlarmTransition]) -> None:
@@ -798,6 +829,7 @@ class ControlService:
                 delay = min(delay * 2, 30.0)
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.background_writes = True
         await self._ensure_database(stop)
         tasks = [asyncio.create_task(self.dispatcher.run(stop), name="webhooks")]
         connect = asyncio.create_task(self.link.start(stop), name="mqtt-connect")

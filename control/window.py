@@ -137,6 +137,8 @@ class RollingWindow:
         self._maturity_until = -math.inf  # maturity is in the buffer up to here
         # node row -> its newest maturity, from the last maturity statement
         self.latest_maturity: dict[int, float] = {}
+        # Time of the newest reading fetched so far: how far ingest has written.
+        self.newest_s = -math.inf
         self.stats = FetchStats()
 
     @property
@@ -217,6 +219,8 @@ class RollingWindow:
         counts = {f: np.zeros(size) for f in fields}
         for node, times, columns in parsed:
             count += node.size
+            if times.size:
+                self.newest_s = max(self.newest_s, float(times.max()))
             bins = np.floor((times - from_s) / self.step_s).astype(np.int64)
             ok = (bins >= 0) & (bins < n) & (node >= 0)
             flat = node[ok] * n + bins[ok]
@@ -270,6 +274,12 @@ class RollingWindow:
             prior_age_s=prior_age,
             prior_maturity=self._prior_maturity.copy(),
         )
+
+    def hold_back(self, end_s: float) -> None:
+        """End the window at ``end_s`` for now: the bins after it are fetched again next
+        tick (ingest has not written past them yet)."""
+        if self.start_s <= end_s < self.end_s:
+            self.end_s = end_s
 
     def tail(self, after_s: float) -> Grid:
         """The window's bins after ``after_s`` (what a steady tick evaluates): views, no copy."""

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from control.alarms import Alarms
 from control.clock import FixedClock
 from control.data import load_grid
 from control.engine import BlockTable, EngineState, evaluate
 from control.service import ControlService, ControlSettings
-from control.store import open_store
+from control.store import kv_get, open_store
 from control.thresholds import _effective
 from control.window import RollingWindow
 from orchard.influx import InfluxClient, SyncInfluxClient
@@ -270,5 +271,74 @@ async def test_maturity_read_in_its_own_statement_reaches_block_state(
                 seen_at = minute
         assert latest_maturity() == pytest.approx(3.0)
         assert seen_at is not None and seen_at <= 12 + MATURITY_EVERY_S / 60 + 1
+    finally:
+        await service.influx.aclose()
+
+
+async def test_bins_wait_for_a_lagging_ingest_but_a_silent_farm_still_alarms(
+    stack: LiveStack, influx_db: InfluxSettings, influx: SyncInfluxClient, tmp_path: Path
+) -> None:
+    """Nothing stored after a bin yet (ingest catching up after an InfluxDB outage): the
+    bin waits instead of being judged empty, for at most control_hold_s, so a farm that
+    really fell silent is still alarmed offline."""
+    farm = f"farm-{uuid.uuid4().hex[:6]}"
+    orchard = small_orchard(nodes=3, farm=farm)
+    block = orchard.blocks[0]
+    soil = lambda m: 0.25 + 0.001 * (m % 5)  # noqa: E731
+    write_readings(influx, block, 61, soil=soil, farm=farm)
+    state_url = f"sqlite:///{tmp_path}/state.db"
+    store = open_store(state_url)
+    clock = FixedClock(T0 + timedelta(minutes=61, seconds=30))
+    service = ControlService(
+        ControlSettings(
+            demo=True,
+            influx=influx_db,
+            mqtt=stack.mqtt("orchard-control"),
+            state_url=state_url,
+            control_irrigate=False,
+        ),
+        orchard=orchard,
+        engine=store,
+        clock=clock,
+    )
+    service.evaluators = []
+
+    def processed() -> float:
+        return float(kv_get(store, "control", "processed_until"))
+
+    def offline_alarms() -> list[str]:
+        return sorted(a.subject for a in Alarms(store).active() if a.type == "node_offline")
+
+    try:
+        report = await service.tick()
+        assert not report.held_back and processed() == (T0 + timedelta(minutes=60)).timestamp()
+        # Minutes 61-64 are late: the tick at 64:30 waits for them.
+        clock.set(T0 + timedelta(minutes=64, seconds=30))
+        report = await service.tick()
+        assert report.held_back and processed() == (T0 + timedelta(minutes=60)).timestamp()
+        write_readings(
+            influx,
+            block,
+            4,
+            soil=lambda m: soil(m + 61),
+            farm=farm,
+            start=T0 + timedelta(minutes=61),
+        )
+        clock.set(T0 + timedelta(minutes=65, seconds=30))
+        report = await service.tick()
+        assert not report.held_back and processed() == (T0 + timedelta(minutes=64)).timestamp()
+        # The late minutes were judged with their readings: all three sensors healthy.
+        await service.flush_lines()
+        [state] = influx.query_one(
+            f"SELECT last(healthy_nodes) AS h FROM block_state WHERE farm = '{farm}'"
+        )
+        assert state.rows()[0]["h"] == 3
+        # Then the farm falls silent for good: after control_hold_s the bins are judged
+        # anyway, and 30 minutes of silence raise node_offline for every node.
+        for minute in range(70, 106, 5):
+            clock.set(T0 + timedelta(minutes=minute, seconds=30))
+            await service.tick()
+        assert processed() >= (T0 + timedelta(minutes=105 - 6)).timestamp()
+        assert offline_alarms() == sorted(block.sensor_nodes)
     finally:
         await service.influx.aclose()
