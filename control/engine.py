@@ -258,10 +258,14 @@ class Carry:
             self.n_nodes = n
         if n > self.n_nodes:
             extra = n - self.n_nodes
-            for d in (self.last_raw, self.same_since, self.before_last, self.last_ok):
-                for k in d:
-                    d[k] = np.concatenate([d[k], np.full(extra, np.nan)])
-            for d in (self.held, self.held_s):
+            for d in (
+                self.last_raw,
+                self.same_since,
+                self.before_last,
+                self.last_ok,
+                self.held,
+                self.held_s,
+            ):
                 for k in d:
                     d[k] = np.concatenate([d[k], np.full(extra, np.nan)])
             for k, v in self.spike_times.items():
@@ -285,6 +289,14 @@ class Carry:
                 {n: i for i, n in enumerate(grid.nodes)},
             )
         return self._names[1], self._names[2]
+
+    def hold(self, name: str, x: F64, times: F64) -> F64:
+        """``x`` with each node's last value held over gaps up to HOLD_S, continuing from
+        the value this carry holds for ``name``."""
+        out, self.held[name], self.held_s[name] = hold_forward(
+            x, times, HOLD_S, self.node_array(self.held, name), self.node_array(self.held_s, name)
+        )
+        return out
 
     def node_array(self, store: dict[str, F64], key: str) -> F64:
         if key not in store:
@@ -388,19 +400,6 @@ def _spikes(
     return np.asarray(suspect), np.asarray(spiky), before_last, last_ok, spike_times
 
 
-def nanmedian0(x: F64) -> F64:
-    """Median along axis 0 ignoring NaN (NaN where all are NaN); faster than np.nanmedian."""
-    if x.shape[0] == 1:
-        return np.asarray(x[0], dtype=np.float64).copy()
-    s = np.sort(x, axis=0)  # NaN sort last
-    k = np.sum(~np.isnan(x), axis=0)
-    lo = np.clip((k - 1) // 2, 0, None)
-    hi = np.clip(k // 2, 0, x.shape[0] - 1)
-    cols = np.arange(x.shape[1])
-    out = (s[lo, cols] + s[hi, cols]) / 2.0
-    return np.where(k > 0, out, np.nan)
-
-
 @dataclass
 class Health:
     out_of_range: dict[str, B8]
@@ -482,7 +481,6 @@ class BlockGroups:
         self.index = np.full((n_blocks, width), -1, dtype=np.int64)
         self.index[node_block[order], slot] = order
         self.pad = self.index < 0
-        self.key = (n_blocks, node_block.tobytes())
 
     def gather(self, x: F64) -> F64:
         out = (
@@ -546,15 +544,12 @@ def hold_forward(
 
 def block_aggregates(grid: Grid, health: Health, carry: Carry) -> dict[str, F64]:
     groups = block_groups(grid.node_block, len(grid.blocks))
-    clean: dict[str, F64] = {}
-    for name in ("soil_moisture", "temperature", "humidity"):
-        clean[name], carry.held[name], carry.held_s[name] = hold_forward(
-            np.where(health.faulty[name], np.nan, grid.field(name)),
-            grid.times_s,
-            HOLD_S,
-            carry.node_array(carry.held, name),
-            carry.node_array(carry.held_s, name),
+    clean = {
+        name: carry.hold(
+            name, np.where(health.faulty[name], np.nan, grid.field(name)), grid.times_s
         )
+        for name in ("soil_moisture", "temperature", "humidity")
+    }
     temp = groups.median(clean["temperature"])
     rh = groups.median(clean["humidity"])
     with np.errstate(invalid="ignore"):
@@ -626,9 +621,7 @@ def evaluate(
                     severity,  # type: ignore[arg-type]
                     None if value != value or abs(value) >= STATUS_OFFLINE_AGE else value,
                     th,
-                    message(s, i, value, kind)
-                    if getattr(message, "wants_index", False)
-                    else message(s, value, kind),
+                    message(s, i, value, kind),
                 )
             )
 
@@ -657,7 +650,6 @@ def evaluate(
                 return f"sensor on {nodes[s]} reads normally again"
             return f"{' and '.join(names) or 'a'} sensor on {nodes[s]} {words}; its readings are left out of decisions"
 
-        fault_message.wants_index = True  # type: ignore[attr-defined]
         emit(
             rule,
             indicator,
@@ -691,7 +683,7 @@ def evaluate(
         age,
         nodes,
         block_of_node,
-        lambda s, v, kind: (
+        lambda s, _i, v, kind: (
             f"node {nodes[s]} is back online"
             if kind == "clear"
             else f"node {nodes[s]} has sent nothing for {_age_words(v)}"
@@ -702,13 +694,7 @@ def evaluate(
         subject_index=node_index,
     )
     battery_low = table.col("battery_low_v")[grid.node_block]
-    battery, carry.held["battery"], carry.held_s["battery"] = hold_forward(
-        grid.field("battery"),
-        times,
-        HOLD_S,
-        carry.node_array(carry.held, "battery"),
-        carry.node_array(carry.held_s, "battery"),
-    )
+    battery = carry.hold("battery", grid.field("battery"), times)
     emit(
         AlarmRule(
             "low_battery",
@@ -722,7 +708,7 @@ def evaluate(
         battery,
         nodes,
         block_of_node,
-        lambda s, v, kind: (
+        lambda s, _i, v, kind: (
             f"battery of {nodes[s]} recharged ({_fmt(v, 2)} V)"
             if kind == "clear"
             else f"battery of {nodes[s]} is low ({_fmt(v, 2)} V): replace or recharge it"
@@ -938,7 +924,9 @@ def _block_rules(
                 escalate_at=None if e_at is None else 0.0,
             )
 
-            def msg(s: int, v: float, k: str, rows: Any = rows, message: Any = message) -> str:
+            def msg(
+                s: int, _i: int, v: float, k: str, rows: Any = rows, message: Any = message
+            ) -> str:
                 return str(message(int(rows[s]), v, k))
 
             extra = {} if e_at is None else {"escalate_at": e_at[rows]}
