@@ -28,6 +28,13 @@ from orchard.layout import Block
 from orchard.lineprotocol import to_ns
 
 
+def block_condition(ids: Sequence[str]) -> str:
+    """`` AND block ...`` selecting exactly these blocks (equality for one, else a regex)."""
+    if len(ids) == 1:
+        return f" AND block = {quote_literal(ids[0])}"
+    return f" AND block =~ {quote_regex_alternatives(ids)}"
+
+
 def telemetry_query(
     farm: str,
     blocks: Sequence[Block],
@@ -37,12 +44,7 @@ def telemetry_query(
     aggregate_s: int | None = None,
 ) -> str:
     """Raw readings, or with ``aggregate_s`` the mean of each field per node and time bin."""
-    ids = [b.id for b in blocks]
-    block_filter = (
-        f" AND block = {quote_literal(ids[0])}"
-        if len(ids) == 1
-        else f" AND block =~ {quote_regex_alternatives(ids)}"
-    )
+    block_filter = block_condition([b.id for b in blocks])
     return (
         "SELECT "
         + ", ".join(f'mean("{f}") AS "{f}"' if aggregate_s else f'"{f}"' for f in fields)

@@ -33,14 +33,13 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 
-from control.data import last_maturity_query, last_seen_query
+from control.data import block_condition, last_maturity_query, last_seen_query
 from control.engine import F64, FIELDS, Grid
 from orchard.influx import (
     InfluxClient,
     Series,
     quote_ident,
     quote_literal,
-    quote_regex_alternatives,
 )
 from orchard.layout import Block
 from orchard.lineprotocol import to_ns
@@ -64,7 +63,7 @@ def rows_query(
         'SELECT "node", "block", '
         + ", ".join(quote_ident(f) for f in fields)
         + f" FROM telemetry WHERE farm = {quote_literal(farm)}"
-        + (f" AND block =~ {quote_regex_alternatives(blocks)}" if blocks else "")
+        + (block_condition(blocks) if blocks else "")
         + f" AND time >= {to_ns(_ts(start_s))} AND time < {to_ns(_ts(end_s))}"
     )
 

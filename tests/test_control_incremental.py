@@ -342,3 +342,32 @@ async def test_bins_wait_for_a_lagging_ingest_but_a_silent_farm_still_alarms(
         assert offline_alarms() == sorted(block.sensor_nodes)
     finally:
         await service.influx.aclose()
+
+
+async def test_a_query_split_by_blocks_fills_the_same_window(
+    influx_db: InfluxSettings, influx: SyncInfluxClient
+) -> None:
+    """ORCHARD_CONTROL_QUERY_PARTS: the steady query as concurrent statements, each for a
+    group of blocks, gives the window exactly what one statement gives."""
+    farm = f"farm-{uuid.uuid4().hex[:6]}"
+    base = small_orchard(nodes=2, farm=farm).blocks[0]
+    blocks = [base.model_copy(update={"id": f"b{k}"}) for k in range(1, 4)]
+    for k, block in enumerate(blocks):
+        write_readings(influx, block, 30, soil=lambda m, k=k: 0.2 + 0.01 * k + 0.001 * m, farm=farm)
+    t0 = T0.timestamp()
+    client = InfluxClient(influx_db)
+    try:
+        grids = []
+        for parts in (1, 2):
+            window = RollingWindow(farm, blocks, 60.0, query_parts=parts)
+            await window.update(client, t0, t0 + 600)
+            grid = await window.update(client, t0, t0 + 1800)
+            assert not window.stats.full and window.stats.rows == 6 * 20
+            grids.append(grid)
+        one, split = grids
+        assert one.nodes == split.nodes and len(one.nodes) == 6
+        for f in one.values:
+            np.testing.assert_array_equal(one.values[f], split.values[f])
+        assert not np.isnan(split.field("soil_moisture")).any()
+    finally:
+        await client.aclose()
